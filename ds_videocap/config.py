@@ -1,0 +1,325 @@
+"""Recipe configuration: nested dataclasses, YAML recipes, dotted overrides, one validation pass.
+
+The recipe owns the ML (model, data, lr, schedule, SCST); the DeepSpeed JSON owns the system
+(ZeRO stage, offload, precision, micro-batch, accumulation). Every cross-field rule lives in
+`validate()` so that a user's mistake is reported once, naming the field, before any rank works.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+class ConfigError(ValueError):
+    """A recipe or override problem; the message names the source and the field."""
+
+
+@dataclass
+class DataCfg:
+    videos: Optional[str] = None
+    """Videos root; relative video paths in annotation files resolve against it."""
+    train: Optional[str] = None
+    """Training annotation file (format auto-detected unless `format` is set)."""
+    val: Optional[str] = None
+    """Validation annotation file; empty skips periodic validation."""
+    test: Optional[str] = None
+    """Test annotation file, scored after each phase."""
+    format: str = "auto"
+    """auto | lavis | msrvtt | msvd | vatex | jsonl"""
+    frames: int = 8
+    """Frames sampled per clip (T)."""
+    image_size: int = 224
+    """Frames are resized to this square size at decode."""
+    train_sampling: str = "random_segment"
+    """random_segment | headtail | uniform: frame sampling for training."""
+    eval_sampling: str = "uniform"
+    """Frame sampling for validation, test and captioning."""
+    augment: bool = True
+    """Random-resized-crop (scale 0.5-1) + horizontal flip for training."""
+    max_words: int = 50
+    """Captions are lower-cased, stripped of punctuation and cut to this many words."""
+    num_workers: int = 2
+    """DataLoader worker processes per rank (decoding runs there)."""
+    backend: str = "decord"
+    """decord | pyav: the video reader."""
+    decode_timeout_s: float = 30.0
+    """A video that takes longer than this to decode is skipped and reported."""
+    max_skipped_fraction: float = 0.05
+    """Stop with an error when more than this fraction of an epoch's videos are skipped."""
+
+
+@dataclass
+class ModelCfg:
+    path: Optional[str] = None
+    """A local Hugging Face folder (Blip2ForConditionalGeneration / InstructBlipForConditionalGeneration)."""
+    tiny: Optional[str] = None
+    """opt | t5 | llama: a tiny model built in code (used when `path` is empty)."""
+    tokenizer: Optional[str] = None
+    """Tokenizer folder for tiny models (default: the synthetic set's tokenizer/)."""
+    fusion: str = "concat"
+    """concat: all frames in one Q-Former pass (the study); per_frame: one pass per frame."""
+    frame_embedding: bool = False
+    """Add a learned frame-index embedding to the ViT tokens (zero-init for pretrained models)."""
+    llm: str = "frozen"
+    """frozen | lora | full"""
+    vit: str = "frozen"
+    """frozen | full"""
+    quant: Optional[str] = None
+    """None | 8bit | 4bit: load the LLM with bitsandbytes."""
+    prompt: Optional[str] = None
+    """Text prompt; None takes the family default (T5: 'a video of', OPT: none)."""
+    qformer_text: bool = False
+    """InstructBLIP: feed the prompt to the Q-Former as instruction text."""
+    max_txt_len: int = 50
+    """Maximum caption tokens in training."""
+    grad_checkpointing_llm: bool = False
+    grad_checkpointing_vit: bool = False
+
+
+@dataclass
+class LoraCfg:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    targets: Optional[list] = None
+    """None takes the family default (T5: q, v; OPT and Llama: q_proj, v_proj)."""
+
+
+@dataclass
+class CECfg:
+    steps: int = 1000
+    """Optimizer steps of cross-entropy training; 0 skips the phase."""
+    epochs: Optional[int] = None
+    """When set, overrides `steps` with epochs x steps-per-epoch."""
+    lr: float = 5e-5
+    min_lr: float = 1e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.05
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    eval_every: int = 0
+    """Validate every N steps (0: only at the end)."""
+    log_every: int = 10
+    save_every: int = 0
+    """Checkpoint every N steps (0: only at the end)."""
+    keep_last: int = 2
+    """Checkpoints kept (the best by validation CIDEr is kept as well)."""
+    micro_batch: Optional[int] = None
+    """Per-rank micro-batch; None takes train_micro_batch_size_per_gpu from the JSON."""
+
+
+@dataclass
+class SCSTCfg:
+    steps: int = 0
+    lr: float = 1e-5
+    min_lr: float = 1e-6
+    warmup_steps: int = 0
+    weight_decay: float = 0.05
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    micro_batch: Optional[int] = None
+    samples: int = 5
+    """K multinomial samples per video."""
+    baseline: str = "mean_others"
+    """mean_others | greedy | beam_mean"""
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    max_new_tokens: int = 32
+    length_norm: bool = False
+    """Divide each sample's log-prob sum by its length."""
+    ce_weight: float = 0.0
+    """Mix in this much cross-entropy loss."""
+    gather_for_generation: bool = True
+    """ZeRO-3: gather parameters once per rollout (False: per-layer synced generation)."""
+    eval_every: int = 0
+    log_every: int = 10
+    save_every: int = 0
+    keep_last: int = 2
+
+
+@dataclass
+class EvalCfg:
+    num_beams: int = 5
+    max_new_tokens: int = 32
+    min_new_tokens: int = 5
+    length_penalty: float = 1.0
+    repetition_penalty: float = 1.0
+    batch_size: int = 16
+    val_num_beams: int = 1
+    """Periodic validation decodes greedily (the study's final test uses beam 5)."""
+
+
+@dataclass
+class RecipeCfg:
+    name: str = "custom"
+    output_dir: Optional[str] = None
+    """Default runs/<name>."""
+    seed: int = 42
+    resume: Optional[str] = None
+    """auto (last complete checkpoint in output_dir) or a checkpoint folder."""
+    init_from: Optional[str] = None
+    """Start from this checkpoint's weights (e.g. SCST from a CE run)."""
+    synth_dir: Optional[str] = None
+    """When set, `train` generates the synthetic set there (once) and points data at it."""
+    data: DataCfg = field(default_factory=DataCfg)
+    model: ModelCfg = field(default_factory=ModelCfg)
+    lora: LoraCfg = field(default_factory=LoraCfg)
+    ce: CECfg = field(default_factory=CECfg)
+    scst: SCSTCfg = field(default_factory=SCSTCfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)
+
+
+CHOICES = {
+    "data.format": ("auto", "lavis", "msrvtt", "msvd", "vatex", "jsonl"),
+    "data.train_sampling": ("random_segment", "headtail", "uniform"),
+    "data.eval_sampling": ("random_segment", "headtail", "uniform"),
+    "data.backend": ("decord", "pyav"),
+    "model.tiny": (None, "opt", "t5", "llama"),
+    "model.fusion": ("concat", "per_frame"),
+    "model.llm": ("frozen", "lora", "full"),
+    "model.vit": ("frozen", "full"),
+    "model.quant": (None, "8bit", "4bit"),
+    "scst.baseline": ("mean_others", "greedy", "beam_mean"),
+}
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def _merge(obj: Any, values: dict, where: str, source: str) -> None:
+    names = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        dotted = f"{where}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean '{where}{close[0]}'?)" if close else ""
+            raise ConfigError(f"{source}: unknown field '{dotted}'{hint}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: field '{dotted}' must be a mapping, got {value!r}")
+            _merge(current, value, dotted + ".", source)
+        else:
+            setattr(obj, key, _coerce(value, current, names[key], dotted, source))
+
+
+def _coerce(value: Any, current: Any, f: dataclasses.Field, dotted: str, source: str) -> Any:
+    """Check a value against the field's declared type; YAML gives ints where floats are meant."""
+    kind = str(f.type)
+    if value is None:
+        if "Optional" in kind:
+            return None
+        raise ConfigError(f"{source}: field '{dotted}' may not be empty")
+    expect = {"int": int, "float": float, "bool": bool, "str": str, "list": list}
+    for name, typ in expect.items():
+        if kind in (name, f"Optional[{name}]"):
+            if typ is float and isinstance(value, int) and not isinstance(value, bool):
+                return float(value)
+            if typ is not bool and isinstance(value, bool) or not isinstance(value, typ):
+                raise ConfigError(f"{source}: field '{dotted}' expects {name}, got {value!r}")
+            return value
+    return value
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': expected key=value, e.g. ce.lr=1e-5")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else None
+    if isinstance(value, str) and value.lower() in ("none", "null"):
+        value = None
+    return key.strip().split("."), value
+
+
+def load_recipe(name_or_path: str, overrides: list[str] = ()) -> RecipeCfg:
+    """Read a shipped recipe by name, or a YAML file, then apply `key=value` overrides."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = RECIPES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"recipe '{name_or_path}' not found: give a YAML file or one of {list_recipes()}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping of fields, got {type(values).__name__}")
+    cfg = RecipeCfg(name=path.stem)
+    _merge(cfg, values, "", str(path))
+    for text in overrides:
+        keys, value = _parse_override(text)
+        nested: Any = value
+        for k in reversed(keys):
+            nested = {k: nested}
+        _merge(cfg, nested, "", f"override '{text}'")
+    if cfg.output_dir is None:
+        cfg.output_dir = str(Path("runs") / cfg.name)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RecipeCfg) -> None:
+    """Every range and cross-field rule of a recipe, in one place."""
+    def fail(field_name: str, msg: str) -> None:
+        raise ConfigError(f"recipe '{cfg.name}': field '{field_name}' {msg}")
+
+    flat = as_dict(cfg)
+    for dotted, options in CHOICES.items():
+        section, key = dotted.split(".")
+        if flat[section][key] not in options:
+            fail(dotted, f"must be one of {list(options)}, got {flat[section][key]!r}")
+    if cfg.model.path is None and cfg.model.tiny is None:
+        fail("model.path", "or 'model.tiny' must be set (a Hugging Face folder, or opt|t5|llama)")
+    if cfg.data.frames < 1:
+        fail("data.frames", f"must be >= 1, got {cfg.data.frames}")
+    if cfg.data.image_size < 8:
+        fail("data.image_size", f"must be >= 8, got {cfg.data.image_size}")
+    if not 0.0 <= cfg.data.max_skipped_fraction <= 1.0:
+        fail("data.max_skipped_fraction", "must be within [0, 1]")
+    for phase in ("ce", "scst"):
+        p = getattr(cfg, phase)
+        if p.steps < 0:
+            fail(f"{phase}.steps", f"must be >= 0, got {p.steps}")
+        if p.lr <= 0 or p.min_lr < 0 or p.min_lr > p.lr:
+            fail(f"{phase}.lr", f"needs 0 <= min_lr <= lr and lr > 0 (lr={p.lr}, min_lr={p.min_lr})")
+        if p.warmup_steps < 0:
+            fail(f"{phase}.warmup_steps", "must be >= 0")
+        if p.micro_batch is not None and p.micro_batch < 1:
+            fail(f"{phase}.micro_batch", "must be >= 1")
+    if cfg.ce.epochs is not None and cfg.ce.epochs < 1:
+        fail("ce.epochs", "must be >= 1")
+    if cfg.scst.steps and cfg.scst.samples < 2 and cfg.scst.baseline == "mean_others":
+        fail("scst.samples", "must be >= 2 for the mean_others baseline")
+    if not 0 < cfg.scst.top_p <= 1:
+        fail("scst.top_p", "must be within (0, 1]")
+    if cfg.scst.temperature <= 0:
+        fail("scst.temperature", "must be > 0")
+    if cfg.lora.r < 1:
+        fail("lora.r", "must be >= 1")
+    if cfg.model.quant and cfg.model.llm == "full":
+        fail("model.quant", "cannot train a quantized LLM fully: use model.llm=lora (QLoRA) or frozen")
+    if cfg.eval.num_beams < 1 or cfg.eval.max_new_tokens < cfg.eval.min_new_tokens:
+        fail("eval", "needs num_beams >= 1 and max_new_tokens >= min_new_tokens")
+
+
+def as_dict(cfg: RecipeCfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: RecipeCfg, path: Path) -> None:
+    Path(path).write_text(yaml.safe_dump(as_dict(cfg), sort_keys=False))
+
+
+def load_saved_config(path: Path) -> RecipeCfg:
+    """Read a resolved config.yaml written by save_config (no overrides, no defaults filled)."""
+    values = yaml.safe_load(Path(path).read_text())
+    cfg = RecipeCfg()
+    _merge(cfg, values, "", str(path))
+    return cfg

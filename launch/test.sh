@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test suite: fast unit tests, then the slow end-to-end runs through the DeepSpeed launcher.
+# bash launch/test.sh [pytest args]     e.g.  bash launch/test.sh -m "not slow"
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+cd "$ROOT"
+exec python -m pytest -q -p no:cacheprovider --timeout 900 "$@"
