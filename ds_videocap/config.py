@@ -14,10 +14,12 @@ from typing import Any, Optional
 
 import yaml
 
+from .errors import UserError
+
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A recipe or override problem; the message names the source and the field."""
 
 
