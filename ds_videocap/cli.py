@@ -96,7 +96,7 @@ def _dispatch(args) -> int:
         from .datacheck import check_command
         return check_command(args)
     if args.cmd == "train":
-        from .loop import train_command
+        from .train import train_command
         return train_command(args)
     if args.cmd == "eval":
         from .evaluate import eval_command

@@ -168,7 +168,9 @@ class RecipeCfg:
     init_from: Optional[str] = None
     """Start from this checkpoint's weights (e.g. SCST from a CE run)."""
     synth_dir: Optional[str] = None
-    """When set, `train` generates the synthetic set there (once) and points data at it."""
+    """When set, `train` generates the synthetic set there (once); empty data paths point into it."""
+    synth_videos: Optional[int] = None
+    """Clips in the generated synthetic set (None: the set's standard size)."""
     data: DataCfg = field(default_factory=DataCfg)
     model: ModelCfg = field(default_factory=ModelCfg)
     lora: LoraCfg = field(default_factory=LoraCfg)

@@ -1,0 +1,190 @@
+"""DeepSpeed: the JSON config, the optimizer, initialize, the learning-rate schedule, generation.
+
+The JSON owns the system (ZeRO stage, offload, precision, clipping, micro-batch, accumulation,
+monitors); this file reads and checks it, adapts precision to the machine, and builds the engine.
+Checkpoints live in checkpoints.py, which is the only other file that touches deepspeed.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+OFFLOAD_DEVICES = ("cpu", "none", "nvme")
+
+
+def _walk(value, path=""):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _walk(v, f"{path}.{k}" if path else k)
+    else:
+        yield path, value
+
+
+def read_ds_config(path: str | Path) -> dict:
+    """Read and check a DeepSpeed JSON; every problem names the file and the field."""
+    path = Path(path)
+    if not path.is_file():
+        shipped = Path(__file__).resolve().parent.parent / "ds_configs" / path.name
+        if not path.is_absolute() and shipped.is_file():
+            path = shipped
+        else:
+            raise UserError(f"DeepSpeed config '{path}' not found (the shipped ones are in ds_configs/)")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not valid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"{path}: expected a JSON object at the top level")
+    for field, value in _walk(cfg):
+        if value == "auto":
+            raise UserError(f"{path}: field '{field}' is \"auto\"; plain DeepSpeed drops it silently. Give a value.")
+    if "train_batch_size" in cfg:
+        raise UserError(f"{path}: remove 'train_batch_size'; give train_micro_batch_size_per_gpu and "
+                        "gradient_accumulation_steps so that the file works for any number of GPUs")
+    for field in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
+        value = cfg.get(field, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UserError(f"{path}: field '{field}' must be an integer >= 1, got {value!r}")
+    zero = cfg.get("zero_optimization", {})
+    stage = zero.get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        raise UserError(f"{path}: field 'zero_optimization.stage' must be 0, 1, 2 or 3, got {stage!r}")
+    for key in ("offload_optimizer", "offload_param"):
+        device = zero.get(key, {}).get("device", "none")
+        if device not in OFFLOAD_DEVICES:
+            raise UserError(f"{path}: field 'zero_optimization.{key}.device' must be one of "
+                            f"{list(OFFLOAD_DEVICES)}, got {device!r}")
+        if device == "nvme" and not zero[key].get("nvme_path"):
+            raise UserError(f"{path}: field 'zero_optimization.{key}.nvme_path' is required for nvme offload")
+    if zero.get("offload_param", {}).get("device", "none") != "none" and stage != 3:
+        raise UserError(f"{path}: 'zero_optimization.offload_param' needs stage 3, the file has stage {stage}")
+    cfg["_source"] = str(path)
+    return cfg
+
+
+def zero_stage(ds_config: dict | None) -> int:
+    return (ds_config or {}).get("zero_optimization", {}).get("stage", 0)
+
+
+def optimizer_offloaded(ds_config: dict) -> bool:
+    return ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none") != "none"
+
+
+def adapt_ds_config(ds_config: dict, micro_batch: int | None, output_dir: str | Path, say=print) -> dict:
+    """A copy of the JSON adapted to this machine and run: precision, micro-batch, monitor paths."""
+    cfg = json.loads(json.dumps({k: v for k, v in ds_config.items() if k != "_source"}))
+    source = ds_config.get("_source", "the DeepSpeed config")
+    if micro_batch is not None:
+        cfg["train_micro_batch_size_per_gpu"] = micro_batch
+    if not torch.cuda.is_available():
+        # fp16 has no CPU kernels in DeepSpeed; bf16 runs but is slow without AMX and loses precision
+        # on tiny models, so a CPU-only machine trains in fp32 and says so.
+        for key in ("fp16", "bf16"):
+            if cfg.get(key, {}).get("enabled"):
+                cfg[key]["enabled"] = False
+                say(f"[engine] no GPU: {source} asks for {key}; training in fp32 on the CPU instead")
+        if cfg.get("hybrid_engine", {}).get("enabled"):
+            raise UserError(f"{source}: field 'hybrid_engine.enabled': the Hybrid Engine needs CUDA; "
+                            "remove it (rollouts use gathered ZeRO-3 parameters instead)")
+        for key in ("offload_optimizer", "offload_param"):
+            if cfg.get("zero_optimization", {}).get(key, {}).get("pin_memory"):
+                cfg["zero_optimization"][key]["pin_memory"] = False  # pinning needs CUDA
+    for monitor in ("tensorboard", "csv_monitor"):
+        if cfg.get(monitor, {}).get("enabled") and not cfg[monitor].get("output_path"):
+            cfg[monitor]["output_path"] = str(Path(output_dir) / "monitor") + os.sep
+    return cfg
+
+
+def compute_dtype(ds_config: dict) -> torch.dtype:
+    if ds_config.get("bf16", {}).get("enabled"):
+        return torch.bfloat16
+    if ds_config.get("fp16", {}).get("enabled"):
+        return torch.float16
+    return torch.float32
+
+
+def init_distributed() -> tuple[int, int]:
+    import deepspeed
+
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    deepspeed.init_distributed(dist_backend=backend)
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    return rank, world
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Trainable parameters only; no weight decay on biases, norms and embeddings of size 1 dim."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        ndim = len(getattr(p, "ds_shape", p.shape))
+        if ndim < 2 or "norm" in name.lower() or name.endswith(".bias"):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    if not decay and not no_decay:
+        raise UserError("the model has no trainable parameters: check model.llm / model.vit and LoRA settings")
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model, ds_config: dict, lr: float, weight_decay: float, betas) -> torch.optim.Optimizer:
+    groups = param_groups(model, weight_decay)
+    if optimizer_offloaded(ds_config):
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, lr=lr, betas=tuple(betas), adamw_mode=True)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
+
+
+def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float:
+    """Linear warm-up from 0 to lr over `warmup` steps, then cosine from lr down to min_lr at `total`."""
+    if warmup and step < warmup:
+        return lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def set_lr(engine, lr: float) -> None:
+    for group in engine.optimizer.param_groups:
+        group["lr"] = lr
+
+
+def initialize(model, optimizer, ds_config: dict):
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    return engine
+
+
+@contextlib.contextmanager
+def generation_context(engine, gather: bool = True):
+    """Eval mode and no grad for rollouts and decoding; yields (model, synced_gpus).
+
+    Under ZeRO-3 the parameters are gathered once for the whole rollout (one all-gather instead of
+    one per layer per generated token); with gather=False each rank fetches layer by layer, and
+    generate() must run with synced_gpus so that ranks finishing early keep serving the others.
+    """
+    was_training = engine.module.training
+    engine.module.eval()
+    try:
+        with torch.no_grad():
+            if zero_stage(engine.config) == 3 and gather:
+                from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
+
+                with unwrap_model_for_generation(engine):
+                    yield engine.module, False
+            else:
+                synced = zero_stage(engine.config) == 3 and torch.distributed.get_world_size() > 1
+                yield engine.module, synced
+    finally:
+        engine.module.train(was_training)

@@ -1,0 +1,217 @@
+"""Decode a split across ranks, score it; `ds-videocap eval` and `ds-videocap caption`.
+
+Each rank decodes a disjoint shard and rank 0 gathers them: nothing duplicated or dropped when the
+clip count does not divide by the number of ranks.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov")
+
+
+def decode_kwargs(eval_cfg, greedy: bool = False) -> dict:
+    return dict(num_beams=1 if greedy else eval_cfg.num_beams, max_new_tokens=eval_cfg.max_new_tokens,
+                min_new_tokens=eval_cfg.min_new_tokens, length_penalty=eval_cfg.length_penalty,
+                repetition_penalty=eval_cfg.repetition_penalty)
+
+
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def decode_clips(model_context, clips, data_cfg, gen_kwargs: dict, batch_size: int,
+                 device="cpu", dtype=torch.float32) -> tuple[dict, list]:
+    """Captions for `clips` -> ({video_id: caption}, skipped) on every rank.
+
+    `model_context` is a context manager yielding (model, synced_gpus): the engine's generation
+    context in training, or a plain model wrapped by `plain_context`.
+    """
+    from .data import VideoCaptionDataset, collate_clips, shard_indices
+
+    rank, world = _dist()
+    shard = shard_indices(len(clips), rank, world)
+    dataset = VideoCaptionDataset(clips, data_cfg, train=False, seed=0)
+    subset = torch.utils.data.Subset(dataset, shard)
+    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, collate_fn=collate_clips,
+                                         num_workers=min(data_cfg.num_workers, max(1, len(shard) // batch_size)))
+    # Under per-layer synced ZeRO-3 generation every rank must run the same number of generate calls.
+    n_batches = -(-((len(clips) + world - 1) // world) // batch_size)
+    captions, skipped, last = {}, [], None
+    with model_context as (model, synced):
+        batches = iter(loader)
+        for _ in range(n_batches):
+            batch = next(batches, None)
+            if batch is not None:
+                skipped.extend(batch["skipped"])
+            real = batch is not None and batch["pixel_values"] is not None
+            if real:
+                last = batch
+            if not real and not synced:
+                continue
+            if last is None:  # this rank has nothing at all to decode but must keep step
+                last = {"pixel_values": torch.zeros(1, data_cfg.frames, 3, data_cfg.image_size, data_cfg.image_size),
+                        "video_ids": []}
+            source = batch if real else last
+            out = model.generate(source["pixel_values"].to(device, dtype), synced_gpus=synced, **gen_kwargs)
+            if real:
+                captions.update(zip(batch["video_ids"], model.decode(out)))
+    if world > 1:
+        gathered = [None] * world
+        torch.distributed.all_gather_object(gathered, (captions, skipped))
+        captions = {k: v for part, _ in gathered for k, v in part.items()}
+        skipped = [s for _, part in gathered for s in part]
+    return captions, skipped
+
+
+@contextlib.contextmanager
+def plain_context(model):
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        yield model, False
+    model.train(was)
+
+
+def score_split(captions: dict, clips) -> dict:
+    """pycocoevalcap metrics (+ attribute accuracy when the clips carry synthetic attributes)."""
+    from .metrics import score_captions
+
+    refs = {c.video_id: c.captions for c in clips if c.video_id in captions}
+    if not refs:
+        raise UserError("no clip could be decoded: nothing to score (see the skipped videos)")
+    scores = score_captions({k: captions[k] for k in refs}, refs)
+    attributes = {c.video_id: c.attributes for c in clips if c.attributes and c.video_id in captions}
+    if attributes:
+        from .synth import attribute_accuracy
+
+        scores.update(attribute_accuracy({k: captions[k] for k in attributes}, attributes))
+    scores["clips"] = len(clips)
+    scores["decoded"] = len(refs)
+    return scores
+
+
+def load_captioner(checkpoint: str | Path):
+    """A run's checkpoint folder (or run folder) or a Hugging Face folder -> (model, recipe cfg)."""
+    from .build import build_model
+    from .checkpoints import COMPLETE, complete_checkpoints, read_full_state_dict
+    from .config import ModelCfg, RecipeCfg, load_saved_config
+
+    folder = Path(checkpoint)
+    if (folder / "checkpoints").is_dir():  # a run folder: its best checkpoint, else the last one
+        summary = folder / "summary.json"
+        best = json.loads(summary.read_text()).get("best_checkpoint") if summary.is_file() else None
+        folders = complete_checkpoints(folder / "checkpoints")
+        if not folders:
+            raise UserError(f"{folder}: the run has no complete checkpoint")
+        folder = Path(best) if best and Path(best).is_dir() else folders[-1]
+    if (folder / "config.json").is_file():
+        cfg = RecipeCfg(model=ModelCfg(path=str(folder)))
+        return build_model(cfg.model, cfg.lora), cfg
+    if (folder / COMPLETE).is_file():
+        run_cfg = folder.parent.parent / "config.yaml"
+        if not run_cfg.is_file():
+            raise UserError(f"{folder}: no config.yaml in the run folder {folder.parent.parent}")
+        cfg = load_saved_config(run_cfg)
+        model = build_model(cfg.model, cfg.lora)
+        state = read_full_state_dict(folder)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise UserError(f"{folder}: checkpoint does not match the model: missing {missing[:5]}, "
+                            f"unexpected {unexpected[:5]}")
+        return model, cfg
+    raise UserError(f"--checkpoint '{checkpoint}': expected a Hugging Face folder (config.json), a run "
+                    f"folder (checkpoints/) or a checkpoint folder ({COMPLETE})")
+
+
+def _eval_data_cfg(model, cfg, args):
+    from .build import image_settings
+
+    size, _, _ = image_settings(model)
+    frames = args.frames or getattr(model, "frames", None) or cfg.data.frames
+    return replace(cfg.data, image_size=size, frames=frames, videos=getattr(args, "videos", None))
+
+
+def _eval_cfg(cfg, args):
+    return replace(cfg.eval, **{k: v for k, v in dict(
+        num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
+        batch_size=args.batch_size).items() if v is not None})
+
+
+def _maybe_init_distributed():
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        from .engine import init_distributed
+
+        init_distributed()
+
+
+def eval_command(args) -> int:
+    from .annotations import read_annotations
+    from .metrics import write_results
+
+    _maybe_init_distributed()
+    model, cfg = load_captioner(args.checkpoint)
+    data_cfg, eval_cfg = _eval_data_cfg(model, cfg, args), _eval_cfg(cfg, args)
+    clips = read_annotations(args.annotations, args.videos, fmt=args.format)
+    captions, skipped = decode_clips(plain_context(model), clips, data_cfg, decode_kwargs(eval_cfg),
+                                     eval_cfg.batch_size)
+    if _dist()[0] != 0:
+        return 0
+    if args.results:
+        write_results(captions, args.results)
+    scores = score_split(captions, clips)
+    scores["skipped_videos"] = skipped
+    if args.json:
+        print(json.dumps(scores))
+    else:
+        for key, value in scores.items():
+            if key != "skipped_videos":
+                print(f"{key:>12}  {value:.4f}" if isinstance(value, float) else f"{key:>12}  {value}")
+        for s in skipped:
+            print(f"skipped {s['video']}: {s['reason']}", file=sys.stderr)
+    return 0
+
+
+def _expand_inputs(inputs) -> list[Path]:
+    videos = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            videos += sorted(p for p in item.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
+        elif item.is_file():
+            videos.append(item)
+        else:
+            raise UserError(f"caption: '{item}' is neither a video file nor a folder")
+    if not videos:
+        raise UserError(f"caption: no video files ({', '.join(VIDEO_EXTENSIONS)}) in {list(inputs)}")
+    return videos
+
+
+def caption_command(args) -> int:
+    from .annotations import Clip
+
+    model, cfg = load_captioner(args.checkpoint)
+    data_cfg, eval_cfg = _eval_data_cfg(model, cfg, args), _eval_cfg(cfg, args)
+    videos = _expand_inputs(args.inputs)
+    clips = [Clip(video_id=str(i), video=str(v), captions=[], split=None) for i, v in enumerate(videos)]
+    captions, skipped = decode_clips(plain_context(model), clips, data_cfg, decode_kwargs(eval_cfg),
+                                     eval_cfg.batch_size)
+    rows = [{"video": str(v), "caption": captions[str(i)]} for i, v in enumerate(videos) if str(i) in captions]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        for row in rows:
+            print(f"{row['video']}\t{row['caption']}")
+    for s in skipped:
+        print(f"skipped {s['video']}: {s['reason']}", file=sys.stderr)
+    return 0 if not skipped else 1

@@ -1,0 +1,94 @@
+"""One self-critical (SCST) update: rollout (generate + CIDEr-D reward) then the policy-gradient loss.
+
+generate() runs without grad inside the generation context (ZeRO-3 parameters gathered once);
+the log-probs of the sampled captions are then recomputed WITH gradient through the engine.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .engine import generation_context
+
+
+def compute_baseline(rewards: np.ndarray, mode: str, greedy_rewards: np.ndarray | None = None) -> np.ndarray:
+    """rewards (B, K) -> baseline (B, K).
+
+    mean_others: the mean of the other K-1 samples (advantages of a video sum to zero);
+    greedy: the greedy caption's reward (classic SCST); beam_mean: the mean of all beams (the study).
+    """
+    k = rewards.shape[1]
+    if mode == "mean_others":
+        return (rewards.sum(axis=1, keepdims=True) - rewards) / (k - 1)
+    if mode == "greedy":
+        return np.repeat(greedy_rewards.reshape(-1, 1), k, axis=1)
+    if mode == "beam_mean":
+        return np.repeat(rewards.mean(axis=1, keepdims=True), k, axis=1)
+    raise ValueError(f"unknown SCST baseline {mode!r}")
+
+
+def policy_loss(logprobs: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,
+                length_norm: bool) -> torch.Tensor:
+    """-(advantage x sum of token log-probs), tokens after the end of the caption masked out.
+
+    Averaged over samples; with length_norm each sample's sum is divided by its length first.
+    """
+    mask = mask.to(logprobs.dtype)
+    seq_logprob = (logprobs * mask).sum(dim=1)
+    if length_norm:
+        seq_logprob = seq_logprob / mask.sum(dim=1).clamp(min=1)
+    return -(advantages.to(logprobs.dtype) * seq_logprob).mean()
+
+
+def rollout(engine, pixel_values: torch.Tensor, cfg, want_greedy: bool):
+    """Sampled (or beam) captions for every video, and the greedy ones when the baseline needs them."""
+    k = cfg.samples
+    with generation_context(engine, gather=cfg.gather_for_generation) as (model, synced):
+        if cfg.baseline == "beam_mean":
+            samples = model.generate(pixel_values, num_beams=k, num_return_sequences=k,
+                                     max_new_tokens=cfg.max_new_tokens, synced_gpus=synced)
+        else:
+            samples = model.generate(pixel_values, do_sample=True, num_return_sequences=k,
+                                     temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                                     max_new_tokens=cfg.max_new_tokens, synced_gpus=synced)
+        greedy = None
+        if want_greedy:
+            greedy = model.generate(pixel_values, num_beams=1, max_new_tokens=cfg.max_new_tokens,
+                                    synced_gpus=synced)
+    return samples, greedy
+
+
+def scst_step(engine, batch: dict, ctx) -> dict:
+    cfg, model = ctx.scst, engine.module
+    pixel_values = batch["pixel_values"].to(ctx.device, ctx.dtype)
+    k = cfg.samples
+    samples, greedy = rollout(engine, pixel_values, cfg, want_greedy=cfg.baseline == "greedy")
+
+    captions = model.decode(samples)
+    references = [refs for refs in batch["references"] for _ in range(k)]
+    rewards = ctx.reward.score(captions, references).reshape(-1, k)
+    greedy_rewards = ctx.reward.score(model.decode(greedy), batch["references"]) if greedy is not None else None
+    baseline = compute_baseline(rewards, cfg.baseline, greedy_rewards)
+    advantages = torch.as_tensor((rewards - baseline).reshape(-1), device=ctx.device)
+
+    logprobs, mask = engine(pixel_values=pixel_values, sequences=samples.to(ctx.device))
+    loss = policy_loss(logprobs, mask, advantages, cfg.length_norm)
+    if cfg.ce_weight:
+        inputs = {n: v.to(ctx.device) for n, v in model.encode_text([r[0] for r in batch["references"]]).items()}
+        loss = loss + cfg.ce_weight * engine(pixel_values=pixel_values, **inputs)
+    if not ctx.check_finite(loss.detach()):
+        return {"loss": float("nan"), "skipped_nonfinite": 1}
+    engine.backward(loss)
+    engine.step()
+
+    with torch.no_grad():
+        token_mask = mask.to(logprobs.dtype)
+        entropy_proxy = -(logprobs.detach() * token_mask).sum() / token_mask.sum().clamp(min=1)
+    return {
+        "loss": loss.item(),
+        "reward": float(rewards.mean()),
+        "baseline": float(baseline.mean()),
+        "advantage_std": float((rewards - baseline).std()),
+        "sample_len": float(mask.sum(dim=1).float().mean()),
+        "entropy": float(entropy_proxy),
+    }

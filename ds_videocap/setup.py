@@ -1,0 +1,109 @@
+"""Run set-up: check every input before heavy work, then the data, the model and the reward.
+
+check_run() is pure validation (recipe, DeepSpeed JSON, files named by the recipe); the other
+functions run after torch.distributed is up, with rank 0 doing one-off writes behind a barrier.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch.distributed as dist
+
+from .errors import UserError
+
+
+def check_run(args, default_ds_config: str):
+    from .config import load_recipe, validate
+    from .engine import read_ds_config
+
+    cfg = load_recipe(args.recipe, args.overrides)
+    ds_config = read_ds_config(args.deepspeed or default_ds_config)
+    if cfg.synth_dir:
+        fill_synth_paths(cfg)
+    else:
+        for split in ("train", "val", "test"):
+            path = getattr(cfg.data, split)
+            if path and not Path(path).is_file():
+                raise UserError(f"recipe '{cfg.name}': field 'data.{split}': annotation file '{path}' not found")
+        if not cfg.data.train:
+            raise UserError(f"recipe '{cfg.name}': field 'data.train' is empty: give a training annotation file")
+        if cfg.data.videos and not Path(cfg.data.videos).is_dir():
+            raise UserError(f"recipe '{cfg.name}': field 'data.videos': folder '{cfg.data.videos}' not found")
+    if cfg.model.path and not Path(cfg.model.path).is_dir():
+        raise UserError(f"recipe '{cfg.name}': field 'model.path': folder '{cfg.model.path}' not found")
+    stage = ds_config.get("zero_optimization", {}).get("stage", 0)
+    if cfg.model.quant == "8bit" and stage == 3:
+        raise UserError(f"{ds_config['_source']}: ZeRO-3 cannot partition 8-bit bitsandbytes weights; use "
+                        "model.quant=4bit (QLoRA) with ZeRO-3, or ZeRO-0/1/2 with 8-bit")
+    validate(cfg)
+    return cfg, ds_config
+
+
+def fill_synth_paths(cfg) -> None:
+    """Point empty data paths (and the tiny tokenizer) at the synthetic set's folder."""
+    root = Path(cfg.synth_dir)
+    defaults = {"videos": root / "videos", "train": root / "annotations" / "cap_train.json",
+                "val": root / "annotations" / "cap_val.json", "test": root / "annotations" / "cap_test.json"}
+    for key, value in defaults.items():
+        if getattr(cfg.data, key) is None:
+            setattr(cfg.data, key, str(value))
+    if cfg.model.tokenizer is None:
+        cfg.model.tokenizer = str(root / "tokenizer")
+
+
+def prepare_data(cfg, rank: int):
+    """Generate the synthetic set once (rank 0), read the annotation splits, build the train set."""
+    from .annotations import read_annotations
+    from .data import VideoCaptionDataset
+
+    if cfg.synth_dir and rank == 0:
+        from .synth import make_synthetic_set
+
+        make_synthetic_set(cfg.synth_dir, videos=cfg.synth_videos, seed=cfg.seed)
+    dist.barrier()
+    clips = {}
+    for split in ("train", "val", "test"):
+        path = getattr(cfg.data, split)
+        clips[split] = read_annotations(path, cfg.data.videos, fmt=cfg.data.format) if path else []
+    if not clips["train"] and (cfg.ce.steps or cfg.scst.steps):
+        raise UserError(f"{cfg.data.train}: no training clips")
+    return clips, VideoCaptionDataset(clips["train"], cfg.data, train=True, seed=cfg.seed)
+
+
+def prepare_model(cfg, ds_config: dict, rank: int, say):
+    """Build (rank 0, once) the tiny model's folder, record the resolved config, build the model."""
+    from .build import build_model, build_tiny_folder, count_parameters
+    from .config import save_config
+
+    out = Path(cfg.output_dir)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    if cfg.model.tiny and not cfg.model.path:
+        folder = out / "init_model"
+        if rank == 0 and not (folder / "config.json").is_file():
+            if not cfg.model.tokenizer:
+                raise UserError(f"recipe '{cfg.name}': field 'model.tokenizer' is needed for model.tiny")
+            build_tiny_folder(cfg.model.tiny, cfg.model.tokenizer, folder, image_size=cfg.data.image_size,
+                              seed=cfg.seed)
+        cfg.model = replace(cfg.model, path=str(folder))
+    dist.barrier()
+    if rank == 0:
+        save_config(cfg, out / "config.yaml")
+    model = build_model(cfg.model, cfg.lora, ds_config=ds_config)
+    trainable, total = count_parameters(model)
+    say(f"[model] {total:,} parameters, {trainable:,} trainable ({100 * trainable / max(total, 1):.1f}%)")
+    return model
+
+
+def build_reward(cfg, train_clips):
+    """CIDEr-D with document frequencies from the training corpus, cached next to the run."""
+    from .reward import CiderD
+
+    cache = Path(cfg.output_dir) / "cider_df.json"
+    if cache.is_file():
+        return CiderD.load(cache)
+    reward = CiderD.from_corpus([c.captions for c in train_clips])
+    if dist.get_rank() == 0:
+        reward.save(cache)
+    return reward
