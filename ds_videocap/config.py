@@ -245,8 +245,8 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
 def load_recipe(name_or_path: str, overrides: list[str] = ()) -> RecipeCfg:
     """Read a shipped recipe by name, or a YAML file, then apply `key=value` overrides."""
     path = Path(name_or_path)
-    if not path.suffix:
-        path = RECIPES_DIR / f"{name_or_path}.yaml"
+    if path.suffix not in (".yaml", ".yml") and not path.is_file():
+        path = RECIPES_DIR / f"{name_or_path}.yaml"  # a shipped recipe (names may hold dots: opt2.7b)
     if not path.is_file():
         raise ConfigError(f"recipe '{name_or_path}' not found: give a YAML file or one of {list_recipes()}")
     try:
