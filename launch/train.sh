@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Train a recipe under the DeepSpeed launcher.
+#   bash launch/train.sh                                   the main job: synthetic set, tiny OPT, CE then SCST,
+#                                                          ZeRO-3 + CPU offload on 2 ranks, test metrics table
+#   bash launch/train.sh RECIPE [DS_JSON] [key=value ...]  e.g. synth_t5 ds_configs/zero2.json ce.steps=100
+# Environment:
+#   NUM_GPUS   processes on this node (default: every visible GPU, or 2 on a CPU-only machine)
+#   HOSTFILE   a DeepSpeed hostfile for several nodes (launched over ssh/pdsh by the launcher)
+#   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT   several nodes without ssh: run this script once
+#              per node with its NODE_RANK (uses the launcher's --no_ssh mode)
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+cd "$ROOT"
+
+RECIPE=synth
+DS_JSON=ds_configs/zero3_offload.json
+if [ $# -gt 0 ] && [[ "$1" != *=* ]] && [[ "$1" != *.json ]]; then RECIPE="$1"; shift; fi
+if [ $# -gt 0 ] && [[ "$1" == *.json ]]; then DS_JSON="$1"; shift; fi
+
+if [ -z "${NUM_GPUS:-}" ]; then
+  NUM_GPUS=$(python -c "import torch; print(torch.cuda.device_count())")
+  [ "$NUM_GPUS" -gt 0 ] || NUM_GPUS=2
+fi
+MASTER_PORT="${MASTER_PORT:-$(python -c 'import socket; s=socket.socket(); s.bind(("",0)); print(s.getsockname()[1])')}"
+
+LAUNCH=(deepspeed --master_port "$MASTER_PORT")
+if [ -n "${HOSTFILE:-}" ]; then
+  LAUNCH+=(--hostfile "$HOSTFILE")
+elif [ -n "${NNODES:-}" ] && [ "${NNODES}" -gt 1 ]; then
+  LAUNCH+=(--no_ssh --num_nodes "$NNODES" --node_rank "${NODE_RANK:?set NODE_RANK}" \
+           --master_addr "${MASTER_ADDR:?set MASTER_ADDR}" --num_gpus "$NUM_GPUS")
+else
+  LAUNCH+=(--num_gpus "$NUM_GPUS")
+fi
+echo "[train] recipe=$RECIPE deepspeed=$DS_JSON ranks/node=$NUM_GPUS $*"
+exec "${LAUNCH[@]}" --no_local_rank --module ds_videocap.cli train --recipe "$RECIPE" --deepspeed "$DS_JSON" "$@"
