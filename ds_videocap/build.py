@@ -1,0 +1,229 @@
+"""Config -> VideoCaptioner: a local Hugging Face folder, LoRA, bitsandbytes, ZeRO-3, tiny folders.
+
+Every model, tiny or real, loads through one path (`build_model` on a folder). Tiny models are
+written as a folder first (`build_tiny_folder`) so that the path tests exercise is the one a real
+Salesforce/blip2-* or instructblip-* checkpoint takes.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import UserError
+from .trainable import count_parameters  # noqa: F401  (re-exported: build is the public door)
+from .export import ADAPTER_DIR, CLIP_MEAN, CLIP_STD, EXTRA_JSON, read_extras, write_preprocessor_config
+
+DEFAULT_PROMPTS = {"t5": "a video of", "opt": "", "llama": "a video of"}
+LORA_TARGETS = {"t5": ["q", "v"], "opt": ["q_proj", "v_proj"], "llama": ["q_proj", "v_proj"]}
+MAX_FRAMES = 64
+TINY_INIT_STD = 0.5  # DESIGN.md: with std 0.02 a from-scratch ViT never learns shape or motion
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json")
+
+
+# ----- tiny folders ------------------------------------------------------------------------------
+def _tiny_text_config(family: str, vocab: int, hidden: int, layers: int, tok) -> dict:
+    ids = dict(vocab_size=vocab, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    if family == "t5":
+        return dict(model_type="t5", d_model=hidden, d_kv=hidden // 4, d_ff=hidden * 4, num_layers=layers,
+                    num_decoder_layers=layers, num_heads=4, decoder_start_token_id=tok.pad_token_id,
+                    # tied: T5 then scales the decoder output by d_model**-0.5; untied, a from-scratch
+                    # head starts with logits of std ~sqrt(d_model) (loss ~46 instead of ~5)
+                    tie_word_embeddings=True, **ids)
+    ids["bos_token_id"] = tok.bos_token_id
+    if family == "opt":
+        return dict(model_type="opt", hidden_size=hidden, word_embed_proj_dim=hidden, ffn_dim=hidden * 4,
+                    num_hidden_layers=layers, num_attention_heads=4, max_position_embeddings=256, **ids)
+    return dict(model_type="llama", hidden_size=hidden, intermediate_size=hidden * 3, num_hidden_layers=layers,
+                num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256, **ids)
+
+
+def build_tiny_folder(family: str, tokenizer_dir: str | Path, out_dir: str | Path, image_size: int = 32,
+                      patch_size: int = 8, vision_hidden: int = 96, vision_layers: int = 2,
+                      qformer_hidden: int = 96, qformer_layers: int = 2, num_query_tokens: int = 16,
+                      llm_hidden: int = 96, llm_layers: int = 2, seed: int = 0) -> Path:
+    """Write a from-scratch tiny BLIP-2 (opt, t5) or InstructBLIP (llama) as a Hugging Face folder."""
+    import torch
+    from transformers import (Blip2Config, Blip2ForConditionalGeneration, InstructBlipConfig,
+                              InstructBlipForConditionalGeneration, LlamaTokenizerFast, T5TokenizerFast)
+
+    if family not in DEFAULT_PROMPTS:
+        raise UserError(f"tiny model family must be one of {list(DEFAULT_PROMPTS)}, got {family!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if family == "t5":
+        tok = T5TokenizerFast.from_pretrained(str(tokenizer_dir), extra_ids=0)
+    else:
+        tok = LlamaTokenizerFast.from_pretrained(str(tokenizer_dir), add_bos_token=False)
+        tok.pad_token = "<pad>"
+    # transformers 5 BLIP-2 marks the query positions with an <image> token (as the hub folders do).
+    tok.add_tokens(["<image>"], special_tokens=True)
+    vocab = len(tok)
+    vision = dict(hidden_size=vision_hidden, intermediate_size=vision_hidden * 4, num_hidden_layers=vision_layers,
+                  num_attention_heads=4, image_size=image_size, patch_size=patch_size)
+    qformer = dict(hidden_size=qformer_hidden, num_hidden_layers=qformer_layers, num_attention_heads=4,
+                   intermediate_size=qformer_hidden * 4, encoder_hidden_size=vision_hidden,
+                   cross_attention_frequency=1, vocab_size=vocab, pad_token_id=tok.pad_token_id)
+    text = _tiny_text_config(family, vocab, llm_hidden, llm_layers, tok)
+    config_cls, model_cls = ((InstructBlipConfig, InstructBlipForConditionalGeneration) if family == "llama"
+                             else (Blip2Config, Blip2ForConditionalGeneration))
+    config = config_cls(vision_config=vision, qformer_config=qformer, text_config=text,
+                        num_query_tokens=num_query_tokens, image_token_index=tok.convert_tokens_to_ids("<image>"))
+    torch.manual_seed(seed)
+    model = model_cls(config)
+    with torch.no_grad():
+        model.vision_model.embeddings.position_embedding.normal_(0.0, TINY_INIT_STD)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    if family == "llama":  # InstructBLIP reads the Q-Former's instruction tokenizer from this subfolder
+        tok.save_pretrained(out / "qformer_tokenizer")
+    write_preprocessor_config(out, image_size)
+    (out / EXTRA_JSON).write_text(json.dumps({"family": family, "from_scratch": True}, indent=2))
+    return out
+
+
+# ----- loading -----------------------------------------------------------------------------------
+def check_folder(path: str | Path) -> Path:
+    folder = Path(path)
+    if not folder.is_dir():
+        raise UserError(f"model folder {folder} does not exist")
+    if not (folder / "config.json").is_file():
+        raise UserError(f"model folder {folder}: missing config.json")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise UserError(f"model folder {folder}: missing weights (model.safetensors or pytorch_model.bin)")
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(f"model folder {folder}: missing tokenizer files (tokenizer.json, tokenizer.model, "
+                        "spiece.model or vocab.json)")
+    if not (folder / "preprocessor_config.json").is_file():
+        raise UserError(f"model folder {folder}: missing preprocessor_config.json (image size, mean, std)")
+    return folder
+
+
+def read_family(config) -> str:
+    if not config.use_decoder_only_language_model:
+        return "t5"
+    return "opt" if config.text_config.model_type == "opt" else "llama"
+
+
+def zero_stage(ds_config: dict | None) -> int:
+    return int(((ds_config or {}).get("zero_optimization") or {}).get("stage", 0))
+
+
+def compute_dtype(ds_config: dict | None):
+    import torch
+    ds = ds_config or {}
+    if (ds.get("bf16") or {}).get("enabled"):
+        return torch.bfloat16
+    if (ds.get("fp16") or {}).get("enabled"):
+        return torch.float16
+    return torch.float32
+
+
+def quantization_config(quant: str | None, stage: int, dtype, quant_storage=None):
+    """BitsAndBytesConfig for the LLM only; refuses what does not work with ZeRO-3."""
+    if quant is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    skip = ["vision_model", "qformer", "query_tokens", "language_projection", "language_model.lm_head"]
+    if quant == "8bit":
+        if stage == 3:
+            raise UserError("model.quant=8bit does not work with ZeRO-3 (int8 weights cannot be partitioned): "
+                            "use model.quant=4bit (QLoRA) with ZeRO-3, or a ZeRO stage 0-2 DeepSpeed JSON")
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    if quant != "4bit":
+        raise UserError(f"model.quant must be 8bit, 4bit or empty, got {quant!r}")
+    if stage == 3:
+        quant_storage = quant_storage or dtype  # ZeRO-3 partitions the packed 4-bit storage as this dtype
+        if quant_storage != dtype:
+            raise UserError(f"model.quant=4bit with ZeRO-3 needs bnb_4bit_quant_storage equal to the compute "
+                            f"dtype ({dtype}), got {quant_storage}: leave it unset, or use ZeRO stage 0-2")
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
+                              bnb_4bit_use_double_quant=True, bnb_4bit_quant_storage=quant_storage or "uint8",
+                              llm_int8_skip_modules=skip)
+
+
+def _frame_embedding(model_cfg, meta: dict, tensors: dict, vision_hidden: int):
+    import torch
+    if "frame_embedding" in tensors:  # a trained one, from an export
+        return tensors["frame_embedding"]
+    if not model_cfg.frame_embedding:
+        return None
+    if meta.get("from_scratch"):
+        return torch.randn(MAX_FRAMES, vision_hidden) * TINY_INIT_STD
+    return torch.zeros(MAX_FRAMES, vision_hidden)  # a pretrained model starts out unchanged
+
+
+def build_model(model_cfg, lora_cfg, ds_config: dict | None = None):
+    """Load model_cfg.path (a Hugging Face folder) as a VideoCaptioner with the trainable parts set.
+
+    Side files from save_hf_folder (videocap.json) take precedence over model_cfg for fusion,
+    prompt, qformer_text and the frame embedding: they describe how the weights were trained.
+    """
+    from transformers import (AutoConfig, AutoTokenizer, Blip2ForConditionalGeneration,
+                              InstructBlipForConditionalGeneration)
+
+    from .model import VideoCaptioner
+    from .trainable import apply_trainable
+
+    if not model_cfg.path:
+        raise UserError("model.path must name a Hugging Face folder (for model.tiny, build_tiny_folder first)")
+    folder = check_folder(model_cfg.path)
+    stage, dtype = zero_stage(ds_config), compute_dtype(ds_config)
+    qcfg = quantization_config(model_cfg.quant, stage, dtype)
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    classes = {"blip-2": Blip2ForConditionalGeneration, "instructblip": InstructBlipForConditionalGeneration}
+    if config.model_type not in classes:
+        raise UserError(f"{folder / 'config.json'}: model_type must be blip-2 or instructblip, "
+                        f"got {config.model_type!r}")
+    ds_keepalive = None
+    if stage == 3:
+        # Must exist before from_pretrained so that the weights are partitioned as they are loaded.
+        from transformers.integrations import HfDeepSpeedConfig
+        ds_keepalive = HfDeepSpeedConfig(ds_config)
+    hf = classes[config.model_type].from_pretrained(folder, local_files_only=True, dtype=dtype,
+                                                    quantization_config=qcfg)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    if tokenizer.pad_token is None:  # Llama tokenizers ship without one
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    meta, tensors = read_extras(folder)
+    family = read_family(config)
+    qformer_text = meta.get("qformer_text", model_cfg.qformer_text)
+    qformer_tokenizer = None
+    if qformer_text:
+        if config.model_type != "instructblip":
+            raise UserError("model.qformer_text needs an InstructBLIP folder (BLIP-2's Q-Former takes no text)")
+        if not (folder / "qformer_tokenizer").is_dir():
+            raise UserError(f"model folder {folder}: missing qformer_tokenizer/ (the Q-Former's tokenizer)")
+        qformer_tokenizer = AutoTokenizer.from_pretrained(folder / "qformer_tokenizer", local_files_only=True)
+    prompt = meta.get("prompt", model_cfg.prompt if model_cfg.prompt is not None else DEFAULT_PROMPTS[family])
+    if qformer_text and not prompt:
+        raise UserError("model.qformer_text needs a non-empty model.prompt (the instruction)")
+    model = VideoCaptioner(
+        hf, tokenizer, family, fusion=meta.get("fusion", model_cfg.fusion), prompt=prompt,
+        frame_embedding=_frame_embedding(model_cfg, meta, tensors, config.vision_config.hidden_size),
+        max_txt_len=model_cfg.max_txt_len, qformer_tokenizer=qformer_tokenizer, qformer_text=qformer_text)
+    adapter = folder / meta["lora_adapter"] if meta.get("lora_adapter") else None
+    apply_trainable(model, model_cfg, lora_cfg, adapter_dir=adapter)
+    model.image_size, model.image_mean, model.image_std = _read_image_settings(folder)
+    model.ds_keepalive = ds_keepalive
+    return model
+
+
+def _read_image_settings(folder: Path) -> tuple[int, tuple, tuple]:
+    config = json.loads((folder / "preprocessor_config.json").read_text())
+    size = config.get("size", {})
+    image_size = size.get("height") or size.get("shortest_edge") or config.get("image_size")
+    if not image_size:
+        raise UserError(f"{folder / 'preprocessor_config.json'}: no image size (size.height)")
+    return int(image_size), tuple(config.get("image_mean", CLIP_MEAN)), tuple(config.get("image_std", CLIP_STD))
+
+
+def image_settings(model) -> tuple[int, tuple, tuple]:
+    """(image_size, mean, std) the data pipeline must resize and normalise frames to."""
+    return model.image_size, model.image_mean, model.image_std
+
+
+__all__ = ["build_model", "build_tiny_folder", "image_settings", "check_folder", "quantization_config",
+           "count_parameters", "ADAPTER_DIR"]

@@ -1,0 +1,93 @@
+"""Write a trained VideoCaptioner back as a Hugging Face folder, and read our side files.
+
+The folder is what transformers' Blip2ForConditionalGeneration / InstructBlipForConditionalGeneration
+loads unchanged (config.json, weights, tokenizer, preprocessor_config.json). What BLIP-2 has no
+place for (fusion, prompt, frame embedding, a kept LoRA adapter) goes into side files that
+build_model reads back when present:
+  videocap.json               {"family", "fusion", "prompt", "qformer_text", "frame_embedding", "lora_adapter"}
+  videocap_extra.safetensors  {"frame_embedding": (max_frames, vision_hidden)}
+  llm_adapter/                PEFT adapter folder (merge_lora=False only)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+EXTRA_JSON = "videocap.json"
+EXTRA_WEIGHTS = "videocap_extra.safetensors"
+ADAPTER_DIR = "llm_adapter"
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def write_preprocessor_config(out_dir: Path, image_size: int, mean=CLIP_MEAN, std=CLIP_STD) -> None:
+    """The BlipImageProcessor settings real BLIP-2 folders ship (written as JSON: no Pillow needed)."""
+    config = {"image_processor_type": "BlipImageProcessor", "do_resize": True, "resample": 3,
+              "size": {"height": image_size, "width": image_size}, "do_rescale": True,
+              "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(mean),
+              "image_std": list(std), "do_convert_rgb": True}
+    (Path(out_dir) / "preprocessor_config.json").write_text(json.dumps(config, indent=2))
+
+
+def read_extras(folder: str | Path) -> tuple[dict, dict]:
+    """(videocap.json contents, side tensors); both empty for a plain Hugging Face folder."""
+    folder = Path(folder)
+    meta = json.loads((folder / EXTRA_JSON).read_text()) if (folder / EXTRA_JSON).is_file() else {}
+    tensors = {}
+    if (folder / EXTRA_WEIGHTS).is_file():
+        from safetensors.torch import load_file
+        tensors = load_file(str(folder / EXTRA_WEIGHTS))
+    return meta, tensors
+
+
+def _plain_state_dict(hf_model) -> dict:
+    """The HF model's state dict with PEFT's wrapping undone (names as transformers expects)."""
+    state = {}
+    for key, value in hf_model.state_dict().items():
+        if "lora_" in key:
+            continue
+        key = key.replace("language_model.base_model.model.", "language_model.").replace(".base_layer.", ".")
+        state[key] = value
+    return state
+
+
+def save_hf_folder(model, out_dir: str | Path, merge_lora: bool = True) -> Path:
+    """Export `model` (full, unpartitioned parameters) as a Hugging Face folder plus side files.
+
+    merge_lora=True folds LoRA into the LLM weights (merged, then unmerged again, so the live model
+    is left as it was); False keeps the base weights and writes the adapter to llm_adapter/.
+    """
+    from safetensors.torch import save_file
+
+    from .errors import UserError
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lm = model.hf.language_model
+    has_lora = hasattr(lm, "get_base_model")
+    quantized = getattr(model.hf, "hf_quantizer", None) is not None
+    if has_lora and merge_lora and quantized:
+        raise UserError(f"export to {out}: cannot merge LoRA into a quantized LLM; use merge_lora=False "
+                        "(keeps the adapter in llm_adapter/)")
+    merge = has_lora and merge_lora
+    if merge:
+        lm.merge_adapter()
+    try:
+        model.hf.save_pretrained(out, state_dict=_plain_state_dict(model.hf))
+    finally:
+        if merge:
+            lm.unmerge_adapter()
+    if has_lora and not merge_lora:
+        lm.save_pretrained(out / ADAPTER_DIR)
+    model.tokenizer.save_pretrained(out)
+    if model.qformer_tokenizer is not None:
+        model.qformer_tokenizer.save_pretrained(out / "qformer_tokenizer")
+    write_preprocessor_config(out, model.image_size, model.image_mean, model.image_std)
+    meta = {"family": model.family, "fusion": model.fusion, "prompt": model.prompt,
+            "qformer_text": model.qformer_text, "frame_embedding": model.frame_embedding is not None,
+            "lora_adapter": ADAPTER_DIR if has_lora and not merge_lora else None}
+    (out / EXTRA_JSON).write_text(json.dumps(meta, indent=2))
+    if model.frame_embedding is not None:
+        save_file({"frame_embedding": model.frame_embedding.detach().float().cpu().contiguous()},
+                  str(out / EXTRA_WEIGHTS))
+    return out

@@ -1,0 +1,70 @@
+"""What trains: Q-Former, query tokens, projection (and frame embedding) always; ViT and LLM by flag.
+
+model_cfg.llm: frozen | lora | full; model_cfg.vit: frozen | full. LoRA goes through PEFT on the
+language model only (QLoRA when the LLM was loaded in 4/8-bit); gradient checkpointing is
+switched on per part.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _lora_config(model, lora_cfg):
+    from peft import LoraConfig
+
+    from .build import LORA_TARGETS
+
+    targets = lora_cfg.targets or LORA_TARGETS[model.family]
+    return LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
+                      target_modules=list(targets), bias="none")
+
+
+def apply_trainable(model, model_cfg, lora_cfg, adapter_dir: Path | None = None) -> None:
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    hf = model.hf
+    quantized = getattr(hf, "hf_quantizer", None) is not None
+    if quantized and model_cfg.llm == "full":
+        raise UserError("model.llm=full cannot train a quantized LLM: use model.llm=lora (QLoRA) or frozen")
+    hf.requires_grad_(False)
+    checkpoint_kwargs = {"use_reentrant": False}  # reentrant checkpoints drop grads when inputs are frozen
+    lm = hf.language_model
+    if quantized:
+        # Casts norms to fp32 and freezes the LLM; its own checkpointing switch is the LLM flag.
+        lm = prepare_model_for_kbit_training(lm, use_gradient_checkpointing=model_cfg.grad_checkpointing_llm,
+                                             gradient_checkpointing_kwargs=checkpoint_kwargs)
+    if adapter_dir is not None:  # an exported adapter: keep training it, or fold it in
+        lm = PeftModel.from_pretrained(lm, str(adapter_dir), is_trainable=model_cfg.llm == "lora")
+        if model_cfg.llm != "lora" and not quantized:
+            lm = lm.merge_and_unload()
+    elif model_cfg.llm == "lora":
+        lm = get_peft_model(lm, _lora_config(model, lora_cfg))
+    hf.language_model = lm
+    if model_cfg.llm == "full":
+        lm.requires_grad_(True)
+    if model_cfg.vit == "full":
+        hf.vision_model.requires_grad_(True)
+    for part in (hf.qformer, hf.language_projection):
+        part.requires_grad_(True)
+    hf.query_tokens.requires_grad_(True)
+    if model.frame_embedding is not None:
+        model.frame_embedding.requires_grad_(True)
+    if model_cfg.grad_checkpointing_llm:
+        model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs)
+    if model_cfg.grad_checkpointing_vit:
+        hf.vision_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts; under ZeRO-3 a partitioned parameter reports ds_numel."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = getattr(p, "ds_numel", None) or p.numel()
+        # bitsandbytes packs two 4-bit weights per uint8 element
+        if p.__class__.__name__ == "Params4bit":
+            n = p.quant_state.shape.numel() if getattr(p, "quant_state", None) is not None else n * 2
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total
