@@ -226,6 +226,11 @@ def _coerce(value: Any, current: Any, f: dataclasses.Field, dotted: str, source:
         if kind in (name, f"Optional[{name}]"):
             if typ is float and isinstance(value, int) and not isinstance(value, bool):
                 return float(value)
+            if typ is float and isinstance(value, str):  # YAML 1.1 reads "2e-4" as a string
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
             if typ is not bool and isinstance(value, bool) or not isinstance(value, typ):
                 raise ConfigError(f"{source}: field '{dotted}' expects {name}, got {value!r}")
             return value

@@ -18,13 +18,18 @@ def compute_baseline(rewards: np.ndarray, mode: str, greedy_rewards: np.ndarray 
     greedy: the greedy caption's reward (classic SCST); beam_mean: the mean of all beams (the study).
     """
     k = rewards.shape[1]
-    if mode == "mean_others":
-        return (rewards.sum(axis=1, keepdims=True) - rewards) / (k - 1)
     if mode == "greedy":
         return np.repeat(greedy_rewards.reshape(-1, 1), k, axis=1)
-    if mode == "beam_mean":
-        return np.repeat(rewards.mean(axis=1, keepdims=True), k, axis=1)
-    raise ValueError(f"unknown SCST baseline {mode!r}")
+    if mode == "mean_others":
+        baseline = (rewards.sum(axis=1, keepdims=True) - rewards) / (k - 1)
+    elif mode == "beam_mean":
+        baseline = np.repeat(rewards.mean(axis=1, keepdims=True), k, axis=1)
+    else:
+        raise ValueError(f"unknown SCST baseline {mode!r}")
+    # Equal rewards carry no signal: make their advantage exactly zero, not float round-off.
+    flat = np.ptp(rewards, axis=1) == 0
+    baseline[flat] = rewards[flat]
+    return baseline
 
 
 def policy_loss(logprobs: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,

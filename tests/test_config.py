@@ -1,0 +1,64 @@
+import pytest
+
+from ds_videocap.config import ConfigError, list_recipes, load_recipe, load_saved_config, save_config
+
+
+def test_every_shipped_recipe_loads_with_a_model_path():
+    for name in list_recipes():
+        cfg = load_recipe(name, ["model.path=/models/x"])
+        assert cfg.name == name
+        assert cfg.output_dir == f"runs/{name}"
+
+
+def test_overrides_apply_and_coerce():
+    cfg = load_recipe("synth", ["ce.lr=2e-4", "ce.steps=7", "scst.baseline=greedy", "model.tiny=t5", "seed=3"])
+    assert cfg.ce.lr == pytest.approx(2e-4) and cfg.ce.steps == 7
+    assert cfg.scst.baseline == "greedy" and cfg.model.tiny == "t5" and cfg.seed == 3
+
+
+@pytest.mark.parametrize("override, words", [
+    ("ce.step=5", ["ce.step", "did you mean", "ce.steps"]),
+    ("ce.steps=abc", ["ce.steps", "expects int"]),
+    ("model.fusion=sideways", ["model.fusion", "concat", "per_frame"]),
+    ("ce.steps=-1", ["ce.steps", ">= 0"]),
+    ("scst.top_p=0", ["scst.top_p"]),
+    ("model.quant=8bit", ["model.quant", "lora"]),  # synth trains the LLM fully
+    ("noequals", ["key=value"]),
+])
+def test_bad_overrides_name_the_field(override, words):
+    if not words:
+        load_recipe("synth", [override])
+        return
+    with pytest.raises(ConfigError) as err:
+        load_recipe("synth", [override])
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_cross_field_rules():
+    with pytest.raises(ConfigError, match="model.quant"):
+        load_recipe("synth", ["model.quant=4bit", "model.llm=full"])
+    with pytest.raises(ConfigError, match="model.path"):
+        load_recipe("msrvtt_flant5xl_ft")
+    with pytest.raises(ConfigError, match="scst.samples"):
+        load_recipe("synth", ["scst.samples=1"])
+
+
+def test_recipe_file_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ce: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_recipe(str(bad))
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("model: {tiny: opt}\ntrainer: {}\n")
+    with pytest.raises(ConfigError, match="unknown field 'trainer'"):
+        load_recipe(str(unknown))
+    with pytest.raises(ConfigError, match="not found"):
+        load_recipe("no_such_recipe")
+
+
+def test_saved_config_round_trip(tmp_path):
+    cfg = load_recipe("synth", ["ce.steps=11"])
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_saved_config(tmp_path / "config.yaml")
+    assert again == cfg
