@@ -1,0 +1,117 @@
+"""Caption metrics as reported in papers: pycocoevalcap after its PTB tokenizer, plus results files.
+
+Bleu_1..Bleu_4, METEOR, ROUGE_L and CIDEr always; SPICE only when its Stanford CoreNLP jars are
+installed (pycocoevalcap would otherwise try to download them mid-evaluation). The PTB tokenizer,
+METEOR and SPICE run Java, so a missing Java runtime is reported up front as a UserError.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+from .errors import UserError
+
+CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
+
+
+def spice_available() -> bool:
+    """True when SPICE's CoreNLP jars sit in pycocoevalcap/spice/lib (where SPICE looks for them)."""
+    import pycocoevalcap.spice.spice as spice_module
+
+    lib = Path(spice_module.__file__).parent / "lib"
+    return all((lib / jar).is_file() for jar in CORENLP_JARS)
+
+
+def _require_java() -> None:
+    if shutil.which("java") is None:
+        raise UserError("caption metrics need a Java runtime for pycocoevalcap (PTB tokenizer, METEOR): "
+                        "install one, e.g. `apt-get install default-jre-headless`")
+
+
+def _check_inputs(results: dict, references: dict) -> None:
+    if not results:
+        raise UserError("score_captions: no results to score")
+    missing = [k for k in results if k not in references]
+    if missing:
+        raise UserError(f"score_captions: no references for ids {missing[:5]} "
+                        f"({len(missing)} of {len(results)} results)")
+    for key in results:
+        refs = references[key]
+        if isinstance(refs, str) or not refs:
+            raise UserError(f"score_captions: references[{key!r}] must be a non-empty list of captions")
+
+
+def score_captions(results: dict, references: dict, spice: bool | None = None) -> dict[str, float]:
+    """Corpus-level metrics of `results` {id: caption} against `references` {id: [captions]}.
+
+    Ids are used as given (ints or strs). Only ids present in `results` are scored. `spice`:
+    None runs SPICE when available (and warns once when it is not), False skips it, True
+    requires it. Keys are spelled as pycocoevalcap spells them.
+    """
+    _check_inputs(results, references)
+    _require_java()
+    run_spice = spice_available() if spice is None else spice
+    if spice and not spice_available():
+        raise UserError(f"SPICE requested but pycocoevalcap/spice/lib lacks {' and '.join(CORENLP_JARS)} "
+                        "(run pycocoevalcap.spice.get_stanford_models once with internet access)")
+    if spice is None and not run_spice:
+        # a warning, not a print: Python shows it once per process on stderr, however many evaluations
+        warnings.warn("SPICE skipped: Stanford CoreNLP jars not installed in pycocoevalcap/spice/lib")
+
+    # pycocoevalcap prints progress (BLEU's counts) on stdout; keep stdout for callers' --json output
+    with contextlib.redirect_stdout(sys.stderr):
+        return _run_scorers(results, references, run_spice)
+
+
+def _run_scorers(results: dict, references: dict, run_spice: bool) -> dict[str, float]:
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    tokenizer = PTBTokenizer()
+    gts = tokenizer.tokenize({k: [{"caption": str(c)} for c in references[k]] for k in results})
+    res = tokenizer.tokenize({k: [{"caption": str(results[k])}] for k in results})
+    scores: dict[str, float] = {}
+    bleu, _ = Bleu(4).compute_score(gts, res)
+    scores.update({f"Bleu_{i + 1}": float(b) for i, b in enumerate(bleu)})
+    meteor = Meteor()
+    scores["METEOR"] = float(meteor.compute_score(gts, res)[0])
+    del meteor  # its __del__ stops the METEOR JVM now rather than at interpreter exit
+    scores["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
+    scores["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+    if run_spice:
+        from pycocoevalcap.spice.spice import Spice
+
+        scores["SPICE"] = float(Spice().compute_score(gts, res)[0])
+    return scores
+
+
+def write_results(results: dict, path: str | Path) -> Path:
+    """Write [{"image_id", "caption"}] (the COCO results form), ids kept as given."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([{"image_id": k, "caption": c} for k, c in results.items()], indent=1))
+    return path
+
+
+def read_results(path: str | Path) -> dict:
+    """Read a results file written by write_results (or any COCO-style results list)."""
+    path = Path(path)
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: cannot read results JSON ({exc})") from exc
+    if not isinstance(records, list):
+        raise UserError(f"{path}: expected a list of {{\"image_id\", \"caption\"}} records")
+    results = {}
+    for i, record in enumerate(records):
+        if not isinstance(record, dict) or "image_id" not in record or not isinstance(record.get("caption"), str):
+            raise UserError(f"{path}: record {i} needs \"image_id\" and a string \"caption\"")
+        results[record["image_id"]] = record["caption"]
+    return results
