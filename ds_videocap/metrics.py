@@ -58,13 +58,14 @@ def score_captions(results: dict, references: dict, spice: bool | None = None) -
     if spice and not spice_available():
         raise UserError(f"SPICE requested but pycocoevalcap/spice/lib lacks {' and '.join(CORENLP_JARS)} "
                         "(run pycocoevalcap.spice.get_stanford_models once with internet access)")
-    if spice is None and not run_spice:
-        # a warning, not a print: Python shows it once per process on stderr, however many evaluations
-        warnings.warn("SPICE skipped: Stanford CoreNLP jars not installed in pycocoevalcap/spice/lib")
-
     # pycocoevalcap prints progress (BLEU's counts) on stdout; keep stdout for callers' --json output
     with contextlib.redirect_stdout(sys.stderr):
-        return _run_scorers(results, references, run_spice)
+        scores = _run_scorers(results, references, run_spice)
+    if spice is None and not run_spice:
+        # a warning, not a print: Python shows it once per process on stderr, however many evaluations
+        # (issued after the scorers' first import, which resets the warnings registry)
+        warnings.warn("SPICE skipped: Stanford CoreNLP jars not installed in pycocoevalcap/spice/lib")
+    return scores
 
 
 def _run_scorers(results: dict, references: dict, run_spice: bool) -> dict[str, float]:
