@@ -62,8 +62,7 @@ def score_captions(results: dict, references: dict, spice: bool | None = None) -
     with contextlib.redirect_stdout(sys.stderr):
         scores = _run_scorers(results, references, run_spice)
     if spice is None and not run_spice:
-        # a warning, not a print: Python shows it once per process on stderr, however many evaluations
-        # (issued after the scorers' first import, which resets the warnings registry)
+        # a warning (stderr) rather than a print, so callers can filter it; one per evaluation
         warnings.warn("SPICE skipped: Stanford CoreNLP jars not installed in pycocoevalcap/spice/lib")
     return scores
 
