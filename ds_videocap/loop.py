@@ -72,11 +72,10 @@ def fit(run, phase: Phase, state: TrainState) -> TrainState:
     window, window_start, window_samples = [], time.time(), 0
     micro_in_step, last_batch = 0, None
     while state.step < phase.total_steps:
-        phase.sampler.set_epoch(state.epoch)
-        phase.sampler.set_position(state.position)
+        phase.sampler.load_state_dict({"epoch": state.epoch, "position": state.position})
         for batch in phase.loader:
-            state.position += len(batch["indices"])
-            run.skips.add(batch["skipped"])
+            state.position = phase.sampler.position
+            run.skips.add(batch)
             if batch["pixel_values"] is None:
                 # Every sample of this micro-batch was skipped: stand in the last good one with zero
                 # weight, so that this rank still joins the collectives the other ranks run.
@@ -123,7 +122,7 @@ def fit(run, phase: Phase, state: TrainState) -> TrainState:
         else:
             state.epoch += 1
             state.position = 0
-            run.skips.end_epoch()
+            run.skips.epoch_report()
     bar.close()
     return state
 

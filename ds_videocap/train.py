@@ -31,6 +31,7 @@ class Run:
         self.device, self.dtype = engine.device, compute_dtype(ds_config)
         self.clips, self.reward, self.scst = clips, reward, cfg.scst
         self.skips = SkipTracker(cfg.data.max_skipped_fraction)
+        self.eval_skipped: list = []
         self.max_nonfinite = 5
         self.summary = _read_json(self.output_dir / "summary.json") if rank == 0 else {}
 
@@ -58,7 +59,7 @@ class Run:
         if not self.clips["val"]:
             return
         captions, skipped = self.decode(self.clips["val"], greedy=self.cfg.eval.val_num_beams == 1)
-        self.skips.add_eval(skipped)
+        self.eval_skipped.extend(skipped)
         scores = score_split(captions, self.clips["val"]) if self.rank == 0 else {}
         cider = torch.tensor([scores.get("CIDEr", 0.0)], dtype=torch.float64)
         dist.broadcast(cider, 0)
@@ -91,7 +92,7 @@ class Run:
         if not self.clips["test"]:
             return
         captions, skipped = self.decode(self.clips["test"], greedy=False)
-        self.skips.add_eval(skipped)
+        self.eval_skipped.extend(skipped)
         if self.rank == 0:
             (self.output_dir / "results").mkdir(exist_ok=True)
             write_results(captions, self.output_dir / "results" / f"{phase}_test.json")
@@ -100,7 +101,8 @@ class Run:
 
     def write_summary(self) -> None:
         if self.rank == 0:
-            self.summary["skipped_videos"] = self.skips.report()
+            unique = {s["video"]: s for s in self.skips.all_skipped + self.eval_skipped}
+            self.summary["skipped_videos"] = list(unique.values())
             (self.output_dir / "summary.json").write_text(json.dumps(self.summary, indent=1))
 
 
