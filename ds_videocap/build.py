@@ -61,7 +61,8 @@ def build_tiny_folder(family: str, tokenizer_dir: str | Path, out_dir: str | Pat
     tok.add_tokens(["<image>"], special_tokens=True)
     vocab = len(tok)
     vision = dict(hidden_size=vision_hidden, intermediate_size=vision_hidden * 4, num_hidden_layers=vision_layers,
-                  num_attention_heads=4, image_size=image_size, patch_size=patch_size)
+                  num_attention_heads=4, image_size=image_size, patch_size=patch_size,
+                  initializer_range=0.02)  # the BLIP-2 default, 1e-10, leaves a from-scratch ViT blind
     qformer = dict(hidden_size=qformer_hidden, num_hidden_layers=qformer_layers, num_attention_heads=4,
                    intermediate_size=qformer_hidden * 4, encoder_hidden_size=vision_hidden,
                    cross_attention_frequency=1, vocab_size=vocab, pad_token_id=tok.pad_token_id)
@@ -74,6 +75,9 @@ def build_tiny_folder(family: str, tokenizer_dir: str | Path, out_dir: str | Pat
     model = model_cls(config)
     with torch.no_grad():
         model.vision_model.embeddings.position_embedding.normal_(0.0, TINY_INIT_STD)
+        # transformers zero-initialises the query tokens (fine when loading trained ones); from scratch,
+        # identical queries get identical gradients and never diverge. LAVIS draws them with std 0.02.
+        model.query_tokens.normal_(0.0, config.qformer_config.initializer_range)
     model.save_pretrained(out)
     tok.save_pretrained(out)
     if family == "llama":  # InstructBLIP reads the Q-Former's instruction tokenizer from this subfolder
@@ -144,6 +148,20 @@ def quantization_config(quant: str | None, stage: int, dtype, quant_storage=None
                               llm_int8_skip_modules=skip)
 
 
+def _disable_cpu_4bit_repacking(hf) -> None:
+    """Keep bitsandbytes 0.50's 4-bit layers on the autograd-capable path on CPU.
+
+    On an AVX512-BF16 CPU, a Linear4bit run in eval mode without grad (generation) repacks its
+    weight in place for a faster kernel. That kernel has no backward (the next forward with grad,
+    e.g. SCST's log-probs, fails with "a view of a leaf Variable ... in-place operation") and its
+    repacking needs in_features divisible by 64 (a 96-wide tiny LLM fails with "shape '[96, 1]' is
+    invalid"). CUDA never takes this path.
+    """
+    for module in hf.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
 def _frame_embedding(model_cfg, meta: dict, tensors: dict, vision_hidden: int):
     import torch
     if "frame_embedding" in tensors:  # a trained one, from an export
@@ -184,6 +202,7 @@ def build_model(model_cfg, lora_cfg, ds_config: dict | None = None):
         ds_keepalive = HfDeepSpeedConfig(ds_config)
     hf = classes[config.model_type].from_pretrained(folder, local_files_only=True, dtype=dtype,
                                                     quantization_config=qcfg)
+    _disable_cpu_4bit_repacking(hf)
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     if tokenizer.pad_token is None:  # Llama tokenizers ship without one
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
