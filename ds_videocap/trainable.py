@@ -52,9 +52,17 @@ def apply_trainable(model, model_cfg, lora_cfg, adapter_dir: Path | None = None)
     if model.frame_embedding is not None:
         model.frame_embedding.requires_grad_(True)
     if model_cfg.grad_checkpointing_llm:
-        model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs)
+        _enable_checkpointing(model.language_model, checkpoint_kwargs)
     if model_cfg.grad_checkpointing_vit:
-        hf.vision_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs)
+        _enable_checkpointing(hf.vision_model, checkpoint_kwargs)
+
+
+def _enable_checkpointing(part, kwargs: dict) -> None:
+    # transformers 5.24 renamed gradient_checkpointing_enable (deprecated, removed in v6).
+    if hasattr(part, "activation_checkpointing_enable"):
+        part.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        part.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def count_parameters(model) -> tuple[int, int]:
