@@ -165,3 +165,18 @@ def test_skip_tracker_reports_and_enforces_the_limit():
     with pytest.raises(UserError, match="2 of 10"):
         early.add([{"video": "d.mp4", "reason": "x"}], seen=1)
     assert len(early.all_skipped) == 2
+
+
+def test_persistent_workers_follow_the_epoch(clips):
+    ds = VideoCaptionDataset(clips[:2], cfg(), train=True, seed=3)
+    loader, sampler = build_loader(ds, 2, shuffle=False, num_workers=1)
+
+    def pixels(epoch):
+        sampler.set_epoch(epoch)
+        (batch,) = list(loader)
+        return batch["pixel_values"]
+
+    first = pixels(0)
+    assert not torch.equal(first, pixels(1))
+    assert torch.equal(first, pixels(0))
+    assert torch.equal(first[0], ds[(0, 0)]["pixel_values"])
