@@ -148,6 +148,20 @@ def quantization_config(quant: str | None, stage: int, dtype, quant_storage=None
                               llm_int8_skip_modules=skip)
 
 
+def _quant_device_map(qcfg, stage: int):
+    """bitsandbytes quantizes as weights land on the GPU: load straight onto this rank's GPU.
+
+    Not under ZeRO-3, where deepspeed.initialize places (and partitions) the 4-bit model itself,
+    and not without CUDA (bitsandbytes' CPU backend quantizes in place).
+    """
+    import os
+
+    import torch
+    if qcfg is None or stage == 3 or not torch.cuda.is_available():
+        return None
+    return {"": torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))}
+
+
 def _disable_cpu_4bit_repacking(hf) -> None:
     """Keep bitsandbytes 0.50's 4-bit layers on the autograd-capable path on CPU.
 
@@ -200,8 +214,9 @@ def build_model(model_cfg, lora_cfg, ds_config: dict | None = None):
         # Must exist before from_pretrained so that the weights are partitioned as they are loaded.
         from transformers.integrations import HfDeepSpeedConfig
         ds_keepalive = HfDeepSpeedConfig(ds_config)
-    hf = classes[config.model_type].from_pretrained(folder, local_files_only=True, dtype=dtype,
-                                                    quantization_config=qcfg)
+    hf = classes[config.model_type].from_pretrained(
+        folder, local_files_only=True, dtype=dtype, quantization_config=qcfg,
+        device_map=_quant_device_map(qcfg, stage))
     _disable_cpu_4bit_repacking(hf)
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     if tokenizer.pad_token is None:  # Llama tokenizers ship without one

@@ -107,7 +107,7 @@ class VideoCaptioner(nn.Module):
         vit = hf.vision_model(pixel_values=pixel_values.flatten(0, 1).to(dtype), return_dict=True)
         tokens = vit.last_hidden_state.unflatten(0, (batch, frames))  # (B, T, N, D)
         if self.frame_embedding is not None:
-            if frames > self.frame_embedding.shape[0]:
+            if frames > getattr(self.frame_embedding, "ds_shape", self.frame_embedding.shape)[0]:
                 raise ValueError(f"{frames} frames but the frame embedding has {self.frame_embedding.shape[0]}")
             tokens = tokens + self.frame_embedding[:frames, None, :].to(tokens.dtype)
         if self.fusion == "concat":  # one Q-Former pass over all frames' tokens: Q tokens whatever T
@@ -151,8 +151,20 @@ class VideoCaptioner(nn.Module):
         # The prefix's last position predicts the first caption token.
         return out.logits[:, embeds.shape[1] - 1: -1]
 
-    def forward(self, pixel_values, input_ids, attention_mask, labels, **_ignored) -> torch.Tensor:
-        """Mean cross-entropy over caption tokens (labels -100 ignored)."""
+    def forward(self, pixel_values, input_ids=None, attention_mask=None, labels=None, sequences=None,
+                generate_kwargs: dict | None = None, **_ignored):
+        """Mean cross-entropy over caption tokens (labels -100 ignored): a scalar.
+
+        The same call serves the other two uses, so that under ZeRO-3 they can run through the
+        engine (`engine(pixels, sequences=s)`): only inside the engine's forward does DeepSpeed
+        gather parameters that modules own directly (query tokens, frame embedding).
+          sequences=...        -> sequence_logprobs(pixel_values, sequences): (logprobs, mask)
+          generate_kwargs={..} -> generate(pixel_values, **generate_kwargs) (per-layer synced_gpus path)
+        """
+        if generate_kwargs is not None:
+            return self.generate(pixel_values, **generate_kwargs)
+        if sequences is not None:
+            return self.sequence_logprobs(pixel_values, sequences)
         visual = self.encode_visual(pixel_values)
         logits = self._caption_logits(visual, input_ids.to(visual.device), attention_mask.to(visual.device))
         return F.cross_entropy(logits.float().flatten(0, 1), labels.to(visual.device).flatten(), ignore_index=-100)

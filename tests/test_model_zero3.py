@@ -1,0 +1,56 @@
+"""ZeRO-3 on one CPU rank (gloo), in a subprocess so torch.distributed stays out of this process:
+build_model partitions as it loads, and loss, log-probs and generation run through the engine,
+whose forward is what gathers the parameters modules own directly (query tokens, frame embedding)."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tiny_models import tiny_folders, tokenizer_dir  # noqa: F401
+
+SCRIPT = textwrap.dedent('''
+    import os, sys, torch
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+    import deepspeed
+    from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
+    from ds_videocap.build import build_model, count_parameters
+    from ds_videocap.config import LoraCfg, ModelCfg
+    deepspeed.init_distributed("gloo")
+    ds = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
+          "zero_optimization": {"stage": 3}, "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}}
+    model = build_model(ModelCfg(path=sys.argv[1], frame_embedding=True, llm="lora"), LoraCfg(), ds_config=ds)
+    assert any(hasattr(p, "ds_id") for p in model.hf.language_model.parameters()), "partitioned while loading"
+    trainable, total = count_parameters(model)
+    assert 0 < trainable < total and total > 100_000, (trainable, total)
+    engine, *_ = deepspeed.initialize(model=model, config=ds,
+                                      model_parameters=[p for p in model.parameters() if p.requires_grad])
+    pixels = torch.randn(2, 2, 3, 32, 32)
+    loss = engine(pixels, **model.encode_text(["a red circle", "a blue square"]))
+    engine.backward(loss)
+    engine.step()
+    model.eval()
+    with unwrap_model_for_generation(engine) as gathered:
+        sequences = gathered.generate(pixels, max_new_tokens=4, do_sample=True, num_return_sequences=2)
+    synced = engine(pixels, generate_kwargs=dict(max_new_tokens=4, synced_gpus=True))
+    assert sequences.shape[0] == 4 and synced.shape[0] == 2
+    logprobs, mask = engine(pixels, sequences=sequences)
+    engine.backward(-(logprobs * mask).sum())
+    engine.step()
+    print("ZERO3-OK")
+''')
+
+
+@pytest.mark.slow
+def test_zero3_build_train_generate_on_one_cpu_rank(tiny_folders, tmp_path):
+    script = tmp_path / "zero3.py"
+    script.write_text(SCRIPT)
+    with socket.socket() as probe:  # a free port for the one-rank process group
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    run = subprocess.run([sys.executable, str(script), str(tiny_folders["opt"]), str(port)],
+                         capture_output=True, text=True, timeout=300)
+    assert "ZERO3-OK" in run.stdout, run.stdout[-3000:] + run.stderr[-3000:]
