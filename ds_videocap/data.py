@@ -200,8 +200,11 @@ def build_loader(dataset, batch_size: int, rank: int = 0, world: int = 1, seed: 
     # Persistent workers: starting them costs more than a small epoch's decoding.
     workers = dict(num_workers=num_workers, worker_init_fn=_init_worker, prefetch_factor=prefetch_factor,
                    persistent_workers=True) if num_workers > 0 else dict(num_workers=0)
+    # Its own generator: drawing worker seeds from the global RNG would shift dropout masks between
+    # an uninterrupted run and a resumed one (the iterator is created at different points).
     loader = _CountingLoader(dataset, batch_sampler=_EpochBatches(sampler, batch_size, drop_last, keys),
-                             collate_fn=collate_clips, pin_memory=torch.cuda.is_available(), **workers)
+                             collate_fn=collate_clips, pin_memory=torch.cuda.is_available(),
+                             generator=torch.Generator().manual_seed(seed), **workers)
     return loader, sampler
 
 
