@@ -254,9 +254,14 @@ def _read_image_settings(folder: Path) -> tuple[int, tuple, tuple]:
     return int(image_size), tuple(config.get("image_mean", CLIP_MEAN)), tuple(config.get("image_std", CLIP_STD))
 
 
-def image_settings(model) -> tuple[int, tuple, tuple]:
-    """(image_size, mean, std) the data pipeline must resize and normalise frames to."""
-    return model.image_size, model.image_mean, model.image_std
+def image_settings(model_or_folder) -> tuple[int, tuple, tuple]:
+    """(image_size, mean, std) the data pipeline must resize and normalise frames to.
+
+    Takes a built VideoCaptioner or a model folder (so data can be set up before the model).
+    """
+    if isinstance(model_or_folder, (str, Path)):
+        return _read_image_settings(Path(model_or_folder))
+    return model_or_folder.image_size, model_or_folder.image_mean, model_or_folder.image_std
 
 
 __all__ = ["build_model", "build_tiny_folder", "image_settings", "check_folder", "quantization_config",

@@ -61,6 +61,7 @@ def test_missing_files_name_the_file(tiny_folders, tmp_path):
 
 def test_image_settings_come_from_the_folder(tiny_folders):
     size, mean, std = image_settings(load(tiny_folders["t5"]))
+    assert image_settings(tiny_folders["t5"]) == (size, mean, std)
     assert size == 32 and mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
     assert std == pytest.approx((0.26862954, 0.26130258, 0.27577711))
 

@@ -106,3 +106,20 @@ def test_loss_decreases_on_a_fixed_batch(tiny_folders, family):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.5, losses
+
+
+def test_instruction_reaches_the_qformer_only_when_asked(tiny_folders):
+    from ds_videocap.errors import UserError
+
+    pixels = frames(batch=2, t=2)
+    plain = load(tiny_folders["llama"]).eval()
+    instructed = load(tiny_folders["llama"], qformer_text=True, prompt="a short description:").eval()
+    assert instructed.qformer_tokenizer is not None and plain.qformer_tokenizer is None
+    with torch.no_grad():
+        a, b = plain.encode_visual(pixels), instructed.encode_visual(pixels)
+    assert a.shape == b.shape == (2, plain.num_query_tokens, a.shape[-1])
+    assert not torch.allclose(a, b, atol=1e-4)  # the instruction changes what the queries extract
+    sequences, scores = instructed.generate(pixels, max_new_tokens=5, num_beams=3, return_logprobs=True)
+    assert scores.shape == sequences.shape
+    with pytest.raises(UserError, match="InstructBLIP"):
+        load(tiny_folders["opt"], qformer_text=True)
