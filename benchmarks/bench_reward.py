@@ -39,13 +39,16 @@ def make_batch(seed: int, videos: int = 32, samples: int = 5, refs: int = 20):
     return candidates, references
 
 
-def time_ms(fn, repeats: int) -> float:
-    times = []
+def time_ms(fns: dict, repeats: int) -> dict:
+    """Median ms of each function, timed round-robin: on a shared CPU, load that comes and goes then
+    hits every scorer alike instead of whichever was running, which keeps the ratios stable."""
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1000 * float(np.median(t)) for name, t in times.items()}
 
 
 def main() -> None:
@@ -70,14 +73,13 @@ def main() -> None:
         corpus_scorer._cooked.clear()  # measure building the reference vectors too
         corpus_scorer.score(candidates, references)
 
-    rows = {
-        "pycocoevalcap Cider.compute_score": time_ms(lambda: Cider().compute_score(gts, res), args.repeats),
-        "CiderD.from_corpus(batch refs) + score": time_ms(
-            lambda: CiderD.from_corpus(references).score(candidates, references), args.repeats),
-        "CiderD corpus df, score (cold refs)": time_ms(corpus_cold, args.repeats),
-        "CiderD corpus df, score (refs cached)": time_ms(
-            lambda: corpus_scorer.score(candidates, references), args.repeats),
-    }
+    rows = time_ms({
+        "pycocoevalcap Cider.compute_score": lambda: Cider().compute_score(gts, res),
+        "CiderD.from_corpus(batch refs) + score": lambda: CiderD.from_corpus(references).score(
+            candidates, references),
+        "CiderD corpus df, score (cold refs)": corpus_cold,
+        "CiderD corpus df, score (refs cached)": lambda: corpus_scorer.score(candidates, references),
+    }, args.repeats)
     base = rows["pycocoevalcap Cider.compute_score"]
     if args.json:
         print(json.dumps({"ms_per_batch": rows, "max_abs_diff_vs_pycocoevalcap": max_diff}))
