@@ -178,13 +178,28 @@ def generation_context(engine, gather: bool = True):
     engine.module.eval()
     try:
         with torch.no_grad():
-            if zero_stage(engine.config) == 3 and gather:
+            if engine.zero_optimization_stage() == 3 and gather:
                 from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
 
                 with unwrap_model_for_generation(engine):
                     yield engine.module, False
+            elif engine.zero_optimization_stage() == 3:
+                yield _EngineGenerator(engine), torch.distributed.get_world_size() > 1
             else:
-                synced = zero_stage(engine.config) == 3 and torch.distributed.get_world_size() > 1
-                yield engine.module, synced
+                yield engine.module, False
     finally:
         engine.module.train(was_training)
+
+
+class _EngineGenerator:
+    """generate() through the engine's forward, where ZeRO-3 fetches each layer's parameters
+    (including those a module owns directly, like the query tokens) as the layer runs."""
+
+    def __init__(self, engine):
+        self.engine, self.module = engine, engine.module
+
+    def generate(self, pixel_values, **kwargs):
+        return self.engine(pixel_values, generate_kwargs=kwargs)
+
+    def decode(self, sequences):
+        return self.module.decode(sequences)

@@ -22,12 +22,12 @@ def train_command(out: Path, synth: Path, ds_json: str, *overrides: str, recipe:
 def run_train(out: Path, synth: Path, ds_json: str, *overrides: str, recipe: str = "synth",
               timeout: int = 600) -> subprocess.CompletedProcess:
     proc = subprocess.run(train_command(out, synth, ds_json, *overrides, recipe=recipe), cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, env=test_env())
+                          capture_output=True, text=True, timeout=timeout, env=child_env())
     assert proc.returncode == 0, f"train failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc
 
 
-def test_env() -> dict:
+def child_env() -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", NUM_GPUS="2", PYTHONUNBUFFERED="1")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
@@ -35,7 +35,7 @@ def test_env() -> dict:
 
 def cli(*args: str, timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "ds_videocap.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env=test_env())
+                          text=True, timeout=timeout, env=child_env())
     if check:
         assert proc.returncode == 0, f"ds-videocap {args[0]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc

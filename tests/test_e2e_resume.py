@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from e2e import ROOT, losses_by_step, run_train, test_env, train_command
+from e2e import ROOT, losses_by_step, run_train, child_env, train_command
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ def synth(tmp_path_factory):
 
 def _kill_after_checkpoint(out, synth, ds_json, tag="ce-0000003", timeout=400):
     cmd = train_command(out, synth, ds_json, *STEPS)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=test_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     marker = out / "checkpoints" / tag / "COMPLETE"
     deadline = time.time() + timeout
