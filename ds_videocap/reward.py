@@ -286,7 +286,8 @@ class CiderD:
         width = int(num_refs.max())
         cell = (c_doc[ci] * width + r_local[ri]) * self.n + c_order[ci]
         contrib = np.minimum(c_weight[ci], r_weight[ri]) * r_weight[ri]
-        val = np.bincount(cell, weights=contrib, minlength=len(candidates) * width * self.n)
+        # astype: with no matching n-gram at all (cell empty) bincount returns int64 despite float weights
+        val = np.bincount(cell, weights=contrib, minlength=len(candidates) * width * self.n).astype(np.float64)
         val = val.reshape(len(candidates), width, self.n)
 
         # every candidate against every reference of its set (padding columns past a set's end)
