@@ -241,6 +241,7 @@ def build_model(model_cfg, lora_cfg, ds_config: dict | None = None):
     adapter = folder / meta["lora_adapter"] if meta.get("lora_adapter") else None
     apply_trainable(model, model_cfg, lora_cfg, adapter_dir=adapter)
     model.image_size, model.image_mean, model.image_std = _read_image_settings(folder)
+    model.image_size = input_size(model, model_cfg)
     model.ds_keepalive = ds_keepalive
     return model
 
@@ -254,6 +255,14 @@ def _read_image_settings(folder: Path) -> tuple[int, tuple, tuple]:
     return int(image_size), tuple(config.get("image_mean", CLIP_MEAN)), tuple(config.get("image_std", CLIP_STD))
 
 
+def input_size(model_or_folder, model_cfg) -> int:
+    """The frame size the data pipeline must decode to: model.image_size, else the folder's preprocessor size.
+
+    A size other than the ViT's own makes the model interpolate its position embeddings.
+    """
+    return model_cfg.image_size or image_settings(model_or_folder)[0]
+
+
 def image_settings(model_or_folder) -> tuple[int, tuple, tuple]:
     """(image_size, mean, std) the data pipeline must resize and normalise frames to.
 
@@ -264,5 +273,5 @@ def image_settings(model_or_folder) -> tuple[int, tuple, tuple]:
     return model_or_folder.image_size, model_or_folder.image_mean, model_or_folder.image_std
 
 
-__all__ = ["build_model", "build_tiny_folder", "image_settings", "check_folder", "quantization_config",
-           "count_parameters", "ADAPTER_DIR"]
+__all__ = ["build_model", "build_tiny_folder", "image_settings", "input_size", "check_folder",
+           "quantization_config", "count_parameters", "ADAPTER_DIR"]

@@ -81,6 +81,9 @@ class ModelCfg:
     """InstructBLIP: feed the prompt to the Q-Former as instruction text."""
     max_txt_len: int = 50
     """Maximum caption tokens in training."""
+    image_size: Optional[int] = None
+    """Frame size fed to the ViT; None uses the checkpoint's preprocessor size; another size
+    interpolates the position embeddings."""
     grad_checkpointing_llm: bool = False
     grad_checkpointing_vit: bool = False
 
@@ -290,6 +293,8 @@ def validate(cfg: RecipeCfg) -> None:
         fail("data.frames", f"must be >= 1, got {cfg.data.frames}")
     if cfg.data.image_size < 8:
         fail("data.image_size", f"must be >= 8, got {cfg.data.image_size}")
+    if cfg.model.image_size is not None and cfg.model.image_size < 8:
+        fail("model.image_size", f"must be >= 8, got {cfg.model.image_size}")
     if not 0.0 <= cfg.data.max_skipped_fraction <= 1.0:
         fail("data.max_skipped_fraction", "must be within [0, 1]")
     for phase in ("ce", "scst"):

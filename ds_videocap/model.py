@@ -104,7 +104,11 @@ class VideoCaptioner(nn.Module):
         hf = self.hf
         batch, frames = pixel_values.shape[:2]
         dtype = hf.vision_model.embeddings.patch_embedding.weight.dtype
-        vit = hf.vision_model(pixel_values=pixel_values.flatten(0, 1).to(dtype), return_dict=True)
+        # Frames of another size than the ViT was trained at (e.g. 364 px on a 224 px checkpoint) get its
+        # position embeddings interpolated; at the native size the embeddings are used as they are.
+        native = hf.config.vision_config.image_size
+        vit = hf.vision_model(pixel_values=pixel_values.flatten(0, 1).to(dtype), return_dict=True,
+                              interpolate_pos_encoding=tuple(pixel_values.shape[-2:]) != (native, native))
         tokens = vit.last_hidden_state.unflatten(0, (batch, frames))  # (B, T, N, D)
         if self.frame_embedding is not None:
             if frames > getattr(self.frame_embedding, "ds_shape", self.frame_embedding.shape)[0]:

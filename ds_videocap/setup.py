@@ -73,7 +73,7 @@ def prepare_data(cfg, rank: int):
 
 def prepare_model(cfg, ds_config: dict, rank: int, say):
     """Build (rank 0, once) the tiny model's folder, record the resolved config, build the model."""
-    from .build import build_model, build_tiny_folder, count_parameters
+    from .build import build_model, build_tiny_folder, count_parameters, input_size
     from .config import save_config
 
     out = Path(cfg.output_dir)
@@ -88,6 +88,8 @@ def prepare_model(cfg, ds_config: dict, rank: int, say):
                               seed=cfg.seed)
         cfg.model = replace(cfg.model, path=str(folder))
     dist.barrier()
+    # Decode at the size the ViT is fed (model.image_size, else the folder's); the train set holds cfg.data.
+    cfg.data.image_size = input_size(cfg.model.path, cfg.model)
     if rank == 0:
         save_config(cfg, out / "config.yaml")
     model = build_model(cfg.model, cfg.lora, ds_config=ds_config)
