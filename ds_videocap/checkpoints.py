@@ -110,14 +110,9 @@ def load_checkpoint(engine, folder: Path, with_optimizer: bool = True) -> dict:
 def read_full_state_dict(folder: Path) -> dict:
     """Consolidate a checkpoint (any ZeRO stage) into one fp32 state dict on the CPU."""
     folder = Path(folder)
-    if list(folder.glob("*zero_pp_rank_*optim_states.pt")) and _stage_of(folder) >= 1:
+    if list(folder.glob("zero_pp_rank_*optim_states.pt")):  # ZeRO 1-3: merge the ranks' fp32 shards
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         return get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
     states = torch.load(folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
     return {k: v.float() if v.is_floating_point() else v for k, v in states["module"].items()}
-
-
-def _stage_of(folder: Path) -> int:
-    states = torch.load(folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
-    return int(states.get("ds_config", {}).get("zero_optimization", {}).get("stage", 0))

@@ -6,6 +6,7 @@ A user's mistake (ConfigError, AnnotationError, ...) prints one line and exits 2
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 
@@ -76,6 +77,9 @@ def _add_tools(sub) -> None:
     imp.add_argument("--checkpoint", required=True)
     imp.add_argument("--base", required=True)
     imp.add_argument("--out", required=True)
+    imp.add_argument("--lora-r", type=int, default=None, help="LoRA rank (default: read from the factors' shapes)")
+    imp.add_argument("--lora-alpha", type=float, default=None,
+                     help="LoRA alpha (default: the checkpoint config's model.lora_alpha, else 16)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +109,7 @@ def _dispatch(args) -> int:
         from .evaluate import caption_command
         return caption_command(args)
     if args.cmd == "export":
-        from .engine import export_command
+        from .export import export_command
         return export_command(args)
     if args.cmd == "report":
         from .report import report_command
@@ -119,11 +123,23 @@ def _dispatch(args) -> int:
     raise AssertionError(args.cmd)
 
 
+def print_json(payload, indent: int | None = None) -> None:
+    """The one line (or block) of JSON a `--json` command prints, on the real standard output."""
+    import json
+
+    sys.__stdout__.write(json.dumps(payload, indent=indent) + "\n")
+    sys.__stdout__.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .errors import UserError
+    # With --json, standard output carries the JSON only: libraries' chatter (DeepSpeed's logger,
+    # pycocoevalcap's prints) goes to stderr, so `ds-videocap ... --json | jq` works.
+    quiet = contextlib.redirect_stdout(sys.stderr) if getattr(args, "json", False) else contextlib.nullcontext()
     try:
-        return _dispatch(args) or 0
+        with quiet:
+            return _dispatch(args) or 0
     except UserError as err:
         print(f"ds-videocap {args.cmd}: error: {err}", file=sys.stderr)
         return 2

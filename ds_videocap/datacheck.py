@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .annotations import detect_format, read_annotations
 from .captions import normalize_caption
+from .cli import print_json
 from .errors import UserError
 
 CHECK_SIZE = 224
@@ -128,7 +129,7 @@ def check_command(args) -> int:
                                getattr(args, "format", "auto"), getattr(args, "frames", 8),
                                getattr(args, "backend", "decord"))
     if getattr(args, "json", False):
-        print(json.dumps(report))
+        print_json(report)
     else:
         print(format_report(report))
     sys.stdout.flush()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .cli import print_json
 from .errors import UserError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov")
@@ -117,14 +118,19 @@ def load_captioner(checkpoint: str | Path):
             raise UserError(f"{folder}: the run has no complete checkpoint")
         folder = Path(best) if best and Path(best).is_dir() else folders[-1]
     if (folder / "config.json").is_file():
+        from .export import read_extras
+
         cfg = RecipeCfg(model=ModelCfg(path=str(folder)))
-        return build_model(cfg.model, cfg.lora), cfg
+        model = build_model(cfg.model, cfg.lora)
+        model.frames = read_extras(folder)[0].get("frames") or cfg.data.frames
+        return model, cfg
     if (folder / COMPLETE).is_file():
         run_cfg = folder.parent.parent / "config.yaml"
         if not run_cfg.is_file():
             raise UserError(f"{folder}: no config.yaml in the run folder {folder.parent.parent}")
         cfg = load_saved_config(run_cfg)
         model = build_model(cfg.model, cfg.lora)
+        model.frames = cfg.data.frames
         state = read_full_state_dict(folder)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
@@ -173,7 +179,7 @@ def eval_command(args) -> int:
     scores = score_split(captions, clips)
     scores["skipped_videos"] = skipped
     if args.json:
-        print(json.dumps(scores))
+        print_json(scores)
     else:
         for key, value in scores.items():
             if key != "skipped_videos":
@@ -208,7 +214,7 @@ def caption_command(args) -> int:
                                      eval_cfg.batch_size)
     rows = [{"video": str(v), "caption": captions[str(i)]} for i, v in enumerate(videos) if str(i) in captions]
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print_json(rows, indent=1)
     else:
         for row in rows:
             print(f"{row['video']}\t{row['caption']}")

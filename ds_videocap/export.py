@@ -85,9 +85,21 @@ def save_hf_folder(model, out_dir: str | Path, merge_lora: bool = True) -> Path:
     write_preprocessor_config(out, model.image_size, model.image_mean, model.image_std)
     meta = {"family": model.family, "fusion": model.fusion, "prompt": model.prompt,
             "qformer_text": model.qformer_text, "frame_embedding": model.frame_embedding is not None,
-            "lora_adapter": ADAPTER_DIR if has_lora and not merge_lora else None}
+            "lora_adapter": ADAPTER_DIR if has_lora and not merge_lora else None,
+            "frames": getattr(model, "frames", None)}
     (out / EXTRA_JSON).write_text(json.dumps(meta, indent=2))
     if model.frame_embedding is not None:
         save_file({"frame_embedding": model.frame_embedding.detach().float().cpu().contiguous()},
                   str(out / EXTRA_WEIGHTS))
     return out
+
+
+def export_command(args) -> int:
+    """`ds-videocap export`: a run's checkpoint (any ZeRO stage, shards consolidated) or a Hugging
+    Face folder -> a Hugging Face folder that transformers' own classes load."""
+    from .evaluate import load_captioner
+
+    model, _ = load_captioner(args.checkpoint)
+    out = save_hf_folder(model, args.out, merge_lora=not args.keep_adapter)
+    print(f"exported {args.checkpoint} -> {out}")
+    return 0

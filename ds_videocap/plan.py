@@ -12,6 +12,7 @@ import json
 import math
 from pathlib import Path
 
+from .cli import print_json
 from .errors import UserError
 from .plan_memory import GIB, ModelSpec, Shape, estimate_config, speed_rank
 
@@ -257,5 +258,8 @@ def format_plan(plan: dict) -> str:
 def plan_command(args) -> int:
     cfg = load_plan_recipe(args.recipe, list(args.overrides or []))
     plan = plan_recipe(cfg, gpus=args.gpus, gpu_mem=args.gpu_mem, cpu_mem=getattr(args, "cpu_mem", 256.0))
-    print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
+    if args.json:
+        print_json(plan, indent=2)
+    else:
+        print(format_plan(plan))
     return 0
