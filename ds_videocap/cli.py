@@ -6,6 +6,7 @@ A user's mistake (ConfigError, AnnotationError, ...) prints one line and exits 2
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 
@@ -108,7 +109,7 @@ def _dispatch(args) -> int:
         from .evaluate import caption_command
         return caption_command(args)
     if args.cmd == "export":
-        from .engine import export_command
+        from .export import export_command
         return export_command(args)
     if args.cmd == "report":
         from .report import report_command
@@ -122,11 +123,23 @@ def _dispatch(args) -> int:
     raise AssertionError(args.cmd)
 
 
+def print_json(payload, indent: int | None = None) -> None:
+    """The one line (or block) of JSON a `--json` command prints, on the real standard output."""
+    import json
+
+    sys.__stdout__.write(json.dumps(payload, indent=indent) + "\n")
+    sys.__stdout__.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .errors import UserError
+    # With --json, standard output carries the JSON only: libraries' chatter (DeepSpeed's logger,
+    # pycocoevalcap's prints) goes to stderr, so `ds-videocap ... --json | jq` works.
+    quiet = contextlib.redirect_stdout(sys.stderr) if getattr(args, "json", False) else contextlib.nullcontext()
     try:
-        return _dispatch(args) or 0
+        with quiet:
+            return _dispatch(args) or 0
     except UserError as err:
         print(f"ds-videocap {args.cmd}: error: {err}", file=sys.stderr)
         return 2
