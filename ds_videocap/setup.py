@@ -32,6 +32,12 @@ def check_run(args, default_ds_config: str):
             raise UserError(f"recipe '{cfg.name}': field 'data.videos': folder '{cfg.data.videos}' not found")
     if cfg.model.path and not Path(cfg.model.path).is_dir():
         raise UserError(f"recipe '{cfg.name}': field 'model.path': folder '{cfg.model.path}' not found")
+    if cfg.model.path and (Path(cfg.model.path) / "preprocessor_config.json").is_file():
+        from .build import image_settings  # the ViT's position embedding fixes the frame size
+        size = image_settings(cfg.model.path)[0]
+        if size != cfg.data.image_size:
+            raise UserError(f"recipe '{cfg.name}': field 'data.image_size' is {cfg.data.image_size} but the model "
+                            f"folder '{cfg.model.path}' takes {size}px frames: set data.image_size={size}")
     stage = ds_config.get("zero_optimization", {}).get("stage", 0)
     if cfg.model.quant == "8bit" and stage == 3:
         raise UserError(f"{ds_config['_source']}: ZeRO-3 cannot partition 8-bit bitsandbytes weights; use "
