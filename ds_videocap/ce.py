@@ -10,6 +10,8 @@ def ce_step(engine, batch: dict, ctx) -> dict:
     inputs = {k: v.to(ctx.device) for k, v in model.encode_text(batch["captions"]).items()}
     pixel_values = batch["pixel_values"].to(ctx.device, ctx.dtype)
     loss = engine(pixel_values=pixel_values, **inputs)
+    if batch.get("zero_weight"):  # a stand-in batch (all its videos were skipped): joins, adds nothing
+        loss = loss * 0.0
     if not ctx.check_finite(loss.detach()):
         # Every rank skips together (the flag is all-reduced), so no rank waits in a collective.
         engine.zero_grad() if hasattr(engine, "zero_grad") else None

@@ -174,6 +174,9 @@ class RecipeCfg:
     """When set, `train` generates the synthetic set there (once); empty data paths point into it."""
     synth_videos: Optional[int] = None
     """Clips in the generated synthetic set (None: the set's standard size)."""
+    max_nonfinite_steps: int = 5
+    """A NaN/inf loss or reward skips that update; this many in a row stop the run (naming the step
+    and the batch's videos): by then the weights or the data are broken, not one unlucky batch."""
     data: DataCfg = field(default_factory=DataCfg)
     model: ModelCfg = field(default_factory=ModelCfg)
     lora: LoraCfg = field(default_factory=LoraCfg)
@@ -295,6 +298,8 @@ def validate(cfg: RecipeCfg) -> None:
         fail("data.image_size", f"must be >= 8, got {cfg.data.image_size}")
     if cfg.model.image_size is not None and cfg.model.image_size < 8:
         fail("model.image_size", f"must be >= 8, got {cfg.model.image_size}")
+    if cfg.max_nonfinite_steps < 1:
+        fail("max_nonfinite_steps", f"must be >= 1, got {cfg.max_nonfinite_steps}")
     if not 0.0 <= cfg.data.max_skipped_fraction <= 1.0:
         fail("data.max_skipped_fraction", "must be within [0, 1]")
     for phase in ("ce", "scst"):

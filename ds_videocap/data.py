@@ -238,6 +238,17 @@ class SkipTracker:
         self.epoch_skipped, self.seen = [], 0
         return skipped
 
+    def merge_ranks(self) -> None:
+        """Give every rank the union of all ranks' skipped videos (a collective: every rank calls it).
+        Each rank decodes its own shard, and rank 0 alone writes summary.json."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        parts = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, self.all_skipped)
+        self.all_skipped = list({s["video"]: s for part in parts for s in part}.values())
+
     def _fail(self, total: int) -> None:
         examples = "; ".join(f"{s['video']}: {s['reason']}" for s in self.epoch_skipped[:3])
         raise UserError(f"{len(self.epoch_skipped)} of {total} videos skipped this epoch, more than "

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .engine import lr_at, set_lr
+from .errors import UserError
 
 
 @dataclass
@@ -47,8 +48,9 @@ class Phase:
     total_steps: int
 
 
-class NonFiniteError(RuntimeError):
-    pass
+class NonFiniteError(UserError):
+    """Too many non-finite losses in a row (recipe field max_nonfinite_steps): the CLI prints it as one
+    line naming the phase, the step and the batch's videos, without a traceback."""
 
 
 def _log(run, record: dict) -> None:
@@ -71,6 +73,9 @@ def fit(run, phase: Phase, state: TrainState) -> TrainState:
                desc=phase.name, dynamic_ncols=True, mininterval=2.0)
     window, window_start, window_samples = [], time.time(), 0
     micro_in_step, last_batch = 0, None
+    # Fail as soon as this rank's epoch can no longer stay under data.max_skipped_fraction (a phase
+    # may end before its first epoch does).
+    run.skips.epoch_size = len(phase.sampler)
     while state.step < phase.total_steps:
         phase.sampler.load_state_dict({"epoch": state.epoch, "position": state.position})
         for batch in phase.loader:
@@ -79,23 +84,28 @@ def fit(run, phase: Phase, state: TrainState) -> TrainState:
             if batch["pixel_values"] is None:
                 # Every sample of this micro-batch was skipped: stand in the last good one with zero
                 # weight, so that this rank still joins the collectives the other ranks run.
-                if last_batch is None:
-                    continue
-                batch = dict(last_batch, zero_weight=True)
-            last_batch = batch
+                # (Skipping instead would put this rank one collective behind the others: a hang.)
+                batch = dict(last_batch or _blank_batch(run), zero_weight=True)
+            else:
+                last_batch = batch
             set_lr(engine, lr_at(state.step, phase.total_steps, cfg.warmup_steps, cfg.lr, cfg.min_lr))
             out = phase.step_fn(engine, batch, run)
-            micro_in_step += 1
             if out.get("skipped_nonfinite"):
+                # Every rank skips together (the step function all-reduces the flag); the micro-batch
+                # does not count towards gradient accumulation, as DeepSpeed did not see it either.
                 state.nonfinite_in_a_row += 1
-                run.say(f"[{phase.name}] step {state.step}: non-finite loss, update skipped "
-                        f"(videos {batch['video_ids'][:8]})")
+                ids = batch["video_ids"] if not batch.get("zero_weight") else []
+                run.say(f"[{phase.name}] step {state.step + 1}: non-finite {out.get('nonfinite', 'loss')}, "
+                        f"update skipped (videos {ids[:8]})")
                 if state.nonfinite_in_a_row >= run.max_nonfinite:
-                    raise NonFiniteError(f"{phase.name}: {state.nonfinite_in_a_row} non-finite losses in a row, "
-                                         f"last at step {state.step}, videos {batch['video_ids']}")
+                    raise NonFiniteError(f"{phase.name}: {state.nonfinite_in_a_row} non-finite losses in a row "
+                                         f"(max_nonfinite_steps={run.max_nonfinite}), last at step "
+                                         f"{state.step + 1}, epoch {state.epoch}, videos {ids}")
                 continue
+            micro_in_step += 1
             state.nonfinite_in_a_row = 0
-            window.append(out)
+            if not batch.get("zero_weight"):  # a stand-in's loss says nothing about training
+                window.append(out)
             window_samples += len(batch["video_ids"]) * run.world
             if micro_in_step < accumulation:
                 continue
@@ -103,7 +113,7 @@ def fit(run, phase: Phase, state: TrainState) -> TrainState:
             state.step += 1
             state.samples_seen += window_samples
             bar.update(1)
-            if state.step % cfg.log_every == 0 or state.step == phase.total_steps:
+            if window and (state.step % cfg.log_every == 0 or state.step == phase.total_steps):
                 elapsed = max(time.time() - window_start, 1e-9)
                 record = {k: sum(o[k] for o in window) / len(window) for k in window[0] if k != "skipped_nonfinite"}
                 record.update(phase=phase.name, step=state.step, epoch=state.epoch,
@@ -124,7 +134,15 @@ def fit(run, phase: Phase, state: TrainState) -> TrainState:
             state.position = 0
             run.skips.epoch_report()
     bar.close()
+    run.skips.merge_ranks()  # rank 0 writes the summary: it needs every rank's skipped videos
     return state
+
+
+def _blank_batch(run) -> dict:
+    """A zero-weight stand-in for a rank whose first micro-batch had no decodable video at all."""
+    data = run.cfg.data
+    return {"pixel_values": torch.zeros(1, data.frames, 3, data.image_size, data.image_size),
+            "video_ids": [], "videos": [], "indices": [], "captions": [""], "references": [[""]], "skipped": []}
 
 
 def steps_for(cfg, loader_len: int, accumulation: int) -> int:

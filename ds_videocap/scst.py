@@ -81,8 +81,12 @@ def scst_step(engine, batch: dict, ctx) -> dict:
     if cfg.ce_weight:
         inputs = {n: v.to(ctx.device) for n, v in model.encode_text([r[0] for r in batch["references"]]).items()}
         loss = loss + cfg.ce_weight * engine(pixel_values=pixel_values, **inputs)
+    if batch.get("zero_weight"):  # a stand-in batch (all its videos were skipped): joins, adds nothing
+        loss = loss * 0.0
+    # A NaN/inf reward makes the loss non-finite too; name it so the log says which one it was.
     if not ctx.check_finite(loss.detach()):
-        return {"loss": float("nan"), "skipped_nonfinite": 1}
+        what = "reward" if not np.isfinite(rewards).all() else "loss"
+        return {"loss": float("nan"), "skipped_nonfinite": 1, "nonfinite": what}
     engine.backward(loss)
     engine.step()
 

@@ -5,6 +5,7 @@ functions run after torch.distributed is up, with rank 0 doing one-off writes be
 """
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,20 +31,62 @@ def check_run(args, default_ds_config: str):
             raise UserError(f"recipe '{cfg.name}': field 'data.train' is empty: give a training annotation file")
         if cfg.data.videos and not Path(cfg.data.videos).is_dir():
             raise UserError(f"recipe '{cfg.name}': field 'data.videos': folder '{cfg.data.videos}' not found")
-    if cfg.model.path and not Path(cfg.model.path).is_dir():
-        raise UserError(f"recipe '{cfg.name}': field 'model.path': folder '{cfg.model.path}' not found")
+    if cfg.model.path:
+        from .build import check_folder
+        try:  # a folder missing config.json or weights would fail in from_pretrained, after dist init
+            check_folder(cfg.model.path)
+        except UserError as err:
+            raise UserError(f"recipe '{cfg.name}': field 'model.path': {err}") from None
     if cfg.model.path and (Path(cfg.model.path) / "preprocessor_config.json").is_file():
         from .build import image_settings  # the ViT's position embedding fixes the frame size
         size = image_settings(cfg.model.path)[0]
         if size != cfg.data.image_size:
             raise UserError(f"recipe '{cfg.name}': field 'data.image_size' is {cfg.data.image_size} but the model "
                             f"folder '{cfg.model.path}' takes {size}px frames: set data.image_size={size}")
+    check_annotation_files(cfg, ds_config, int(os.environ.get("WORLD_SIZE", "1")))
     stage = ds_config.get("zero_optimization", {}).get("stage", 0)
     if cfg.model.quant == "8bit" and stage == 3:
         raise UserError(f"{ds_config['_source']}: ZeRO-3 cannot partition 8-bit bitsandbytes weights; use "
                         "model.quant=4bit (QLoRA) with ZeRO-3, or ZeRO-0/1/2 with 8-bit")
     validate(cfg)
     return cfg, ds_config
+
+
+def check_annotation_files(cfg, ds_config: dict, world: int) -> None:
+    """Read every annotation split now (cheap), so a malformed record is reported before any rank
+    initialises torch.distributed; files of a synthetic set not generated yet are checked later."""
+    from .annotations import read_annotations
+
+    pending = cfg.synth_dir and not (Path(cfg.synth_dir) / "READY").is_file()
+    if cfg.data.videos and not pending and not Path(cfg.data.videos).is_dir():
+        raise UserError(f"recipe '{cfg.name}': field 'data.videos': folder '{cfg.data.videos}' not found")
+    for split in ("train", "val", "test"):
+        path = getattr(cfg.data, split)
+        if not path or (pending and not Path(path).is_file()):
+            continue
+        clips = read_annotations(path, cfg.data.videos, fmt=cfg.data.format)
+        if split == "train":
+            check_global_batch(cfg, ds_config, len(clips), world)
+
+
+def check_global_batch(cfg, ds_config: dict, train_clips: int, world: int) -> None:
+    """Refuse a training set smaller than one optimizer step's samples: the epoch would hold no
+    step, and the loop would spin through empty epochs forever."""
+    source = ds_config.get("_source", "the DeepSpeed config")
+    accumulation = ds_config.get("gradient_accumulation_steps", 1)
+    for phase in ("ce", "scst"):
+        phase_cfg = getattr(cfg, phase)
+        if not (phase_cfg.steps or getattr(phase_cfg, "epochs", None)):
+            continue
+        micro, field = phase_cfg.micro_batch, f"recipe '{cfg.name}': field '{phase}.micro_batch'"
+        if micro is None:
+            micro = ds_config.get("train_micro_batch_size_per_gpu", 1)
+            field = f"{source}: field 'train_micro_batch_size_per_gpu'"
+        need = micro * world * accumulation
+        if train_clips < need:
+            raise UserError(f"{field}: {micro} x {world} ranks x gradient_accumulation_steps {accumulation} = "
+                            f"{need} clips per optimizer step, but the training set (field 'data.train', "
+                            f"{cfg.data.train}) has {train_clips}; lower the micro-batch or add data")
 
 
 def fill_synth_paths(cfg) -> None:
@@ -58,7 +101,7 @@ def fill_synth_paths(cfg) -> None:
         cfg.model.tokenizer = str(root / "tokenizer")
 
 
-def prepare_data(cfg, rank: int):
+def prepare_data(cfg, rank: int, ds_config: dict | None = None):
     """Generate the synthetic set once (rank 0), read the annotation splits, build the train set."""
     from .annotations import read_annotations
     from .data import VideoCaptionDataset
@@ -74,6 +117,8 @@ def prepare_data(cfg, rank: int):
         clips[split] = read_annotations(path, cfg.data.videos, fmt=cfg.data.format) if path else []
     if not clips["train"] and (cfg.ce.steps or cfg.scst.steps):
         raise UserError(f"{cfg.data.train}: no training clips")
+    if ds_config is not None:  # again: a synthetic set is only read here once it has been generated
+        check_global_batch(cfg, ds_config, len(clips["train"]), dist.get_world_size())
     return clips, VideoCaptionDataset(clips["train"], cfg.data, train=True, seed=cfg.seed)
 
 

@@ -32,7 +32,7 @@ class Run:
         self.clips, self.reward, self.scst = clips, reward, cfg.scst
         self.skips = SkipTracker(cfg.data.max_skipped_fraction)
         self.eval_skipped: list = []
-        self.max_nonfinite = 5
+        self.max_nonfinite = cfg.max_nonfinite_steps
         self.summary = _read_json(self.output_dir / "summary.json") if rank == 0 else {}
 
     def say(self, text: str) -> None:
@@ -126,7 +126,7 @@ def train_command(args) -> int:
     cfg, raw_ds_config = check_run(args, DEFAULT_DS_CONFIG)  # every user mistake surfaces here
     rank, world = init_distributed()
     say = print if rank == 0 else (lambda *_, **__: None)
-    clips, train_set = prepare_data(cfg, rank)
+    clips, train_set = prepare_data(cfg, rank, raw_ds_config)
     ds_config = adapt_ds_config(raw_ds_config, cfg.ce.micro_batch, cfg.output_dir, say=say)
     model = prepare_model(cfg, ds_config, rank, say)
     reward = build_reward(cfg, clips["train"]) if cfg.scst.steps else None
