@@ -7,7 +7,8 @@
 #   NUM_GPUS   processes on this node (default: every visible GPU, or 2 on a CPU-only machine)
 #   HOSTFILE   a DeepSpeed hostfile for several nodes (launched over ssh/pdsh by the launcher)
 #   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT   several nodes without ssh: run this script once
-#              per node with its NODE_RANK (uses the launcher's --no_ssh mode)
+#              per node with its NODE_RANK, the same MASTER_ADDR/MASTER_PORT everywhere (the
+#              launcher's --no_ssh mode; a HOSTFILE, if set, names the nodes, else one is written)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
@@ -21,14 +22,24 @@ if [ -z "${NUM_GPUS:-}" ]; then
   NUM_GPUS=$(python -c "import torch; print(torch.cuda.device_count())")
   [ "$NUM_GPUS" -gt 0 ] || NUM_GPUS=2
 fi
+if [ -n "${NNODES:-}" ] && [ "${NNODES}" -gt 1 ]; then
+  : "${MASTER_PORT:?set MASTER_PORT (the same on every node)}"
+fi
 MASTER_PORT="${MASTER_PORT:-$(python -c 'import socket; s=socket.socket(); s.bind(("",0)); print(s.getsockname()[1])')}"
 
 LAUNCH=(deepspeed --master_port "$MASTER_PORT")
-if [ -n "${HOSTFILE:-}" ]; then
-  LAUNCH+=(--hostfile "$HOSTFILE")
-elif [ -n "${NNODES:-}" ] && [ "${NNODES}" -gt 1 ]; then
-  LAUNCH+=(--no_ssh --num_nodes "$NNODES" --node_rank "${NODE_RANK:?set NODE_RANK}" \
+if [ -n "${NNODES:-}" ] && [ "${NNODES}" -gt 1 ]; then
+  # --no_ssh still takes the node list from a hostfile: without one the launcher sees only localhost,
+  # refuses --num_nodes > 1 and replaces --master_addr by 127.0.0.1. The names only label the nodes
+  # (this node is line NODE_RANK), so any unique names do.
+  if [ -z "${HOSTFILE:-}" ]; then
+    HOSTFILE="$(mktemp "${TMPDIR:-/tmp}/ds_videocap_hosts.XXXXXX")"
+    for ((i = 0; i < NNODES; i++)); do echo "node$i slots=$NUM_GPUS"; done > "$HOSTFILE"
+  fi
+  LAUNCH+=(--hostfile "$HOSTFILE" --no_ssh --num_nodes "$NNODES" --node_rank "${NODE_RANK:?set NODE_RANK}" \
            --master_addr "${MASTER_ADDR:?set MASTER_ADDR}" --num_gpus "$NUM_GPUS")
+elif [ -n "${HOSTFILE:-}" ]; then
+  LAUNCH+=(--hostfile "$HOSTFILE")
 else
   LAUNCH+=(--num_gpus "$NUM_GPUS")
 fi
