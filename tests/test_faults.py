@@ -1,0 +1,211 @@
+"""Numerical faults and interrupted runs at the loop level: fit() with a stub engine and run.
+
+Non-finite losses skip the update and are logged; max_nonfinite_steps in a row stop the run naming the
+step and the videos; a micro-batch whose videos were all skipped still joins the step (zero weight);
+a run stopped after a checkpoint and resumed from it consumes each sample of the epoch exactly once.
+"""
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from ds_videocap.config import SCSTCfg
+from ds_videocap.data import SkipTracker, build_loader
+from ds_videocap.errors import UserError
+from ds_videocap.loop import NonFiniteError, Phase, TrainState, fit
+
+
+class TinySet(Dataset):
+    """Index i -> a one-number 'video'; indices in `broken` come back skipped, as a bad video would."""
+
+    def __init__(self, n, broken=()):
+        self.n, self.broken = n, set(broken)
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        head = {"video_id": f"v{i}", "video": f"v{i}.mp4", "index": i}
+        if i in self.broken:
+            return {"skipped": "cannot decode", **head}
+        return {"pixel_values": torch.full((1,), float(i)), "caption": "c", "references": ["c"], **head}
+
+
+class StubEngine:
+    def __init__(self):
+        self.optimizer = SimpleNamespace(param_groups=[{"lr": 0.0}])
+        self.monitor = None
+
+    def gradient_accumulation_steps(self):
+        return 1
+
+
+class StubRun:
+    def __init__(self, tmp_path, rank=0, world=1, max_nonfinite=3):
+        self.rank, self.world, self.output_dir = rank, world, tmp_path
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        self.engine, self.max_nonfinite = StubEngine(), max_nonfinite
+        self.cfg = SimpleNamespace(data=SimpleNamespace(frames=2, image_size=8))
+        self.skips = SkipTracker(1.0)
+        self.said, self.saved = [], []
+        self.sources = None  # no data mixing
+
+    def say(self, text):
+        self.said.append(text)
+
+    def validate(self, phase, state):
+        pass
+
+    def save(self, phase, state):
+        self.saved.append(json.loads(json.dumps(state.to_dict())))
+
+
+def phase_cfg(save_every=0):
+    return SimpleNamespace(warmup_steps=0, lr=1e-3, min_lr=0.0, log_every=1, eval_every=0, save_every=save_every)
+
+
+def recording_step(losses=None):
+    """A step function recording what it was fed; `losses` gives the loss of each call in turn."""
+    calls = []
+
+    def step(engine, batch, run):
+        calls.append(batch)
+        loss = losses[len(calls) - 1] if losses and len(calls) <= len(losses) else 1.0
+        if not math.isfinite(loss):
+            return {"loss": float("nan"), "skipped_nonfinite": 1}
+        return {"loss": loss}
+    return step, calls
+
+
+def test_nonfinite_loss_skips_the_update_and_logs_it(tmp_path):
+    run = StubRun(tmp_path)
+    loader, sampler = build_loader(TinySet(12), 2, num_workers=0, drop_last=True, shuffle=False)
+    step, calls = recording_step([1.0, float("nan"), float("inf"), 2.0])
+    state = fit(run, Phase("ce", phase_cfg(), step, loader, sampler, 3), TrainState())
+    assert state.step == 3 and state.nonfinite_in_a_row == 0
+    assert len(calls) == 5  # two skipped micro-batches did not count as steps
+    skipped = [s for s in run.said if "non-finite" in s]
+    assert len(skipped) == 2 and "step 2" in skipped[0] and "'v2', 'v3'" in skipped[0]
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [1, 2, 3] and all(math.isfinite(r["loss"]) for r in logged)
+    assert logged[1]["loss"] == 2.0
+
+
+def test_n_nonfinite_in_a_row_stop_the_run_naming_step_and_videos(tmp_path):
+    run = StubRun(tmp_path, max_nonfinite=3)
+    loader, sampler = build_loader(TinySet(20), 2, num_workers=0, drop_last=True, shuffle=False)
+    step, calls = recording_step([1.0] + [float("nan")] * 10)
+    with pytest.raises(NonFiniteError) as err:
+        fit(run, Phase("ce", phase_cfg(), step, loader, sampler, 8), TrainState())
+    assert isinstance(err.value, UserError)  # the CLI prints it as one line, no traceback
+    text = str(err.value)
+    assert "3 non-finite losses in a row" in text and "step 2" in text and "max_nonfinite_steps=3" in text
+    assert "'v6', 'v7'" in text  # the last batch's videos
+    assert len(calls) == 4
+
+
+def test_all_skipped_first_batch_still_joins_with_zero_weight(tmp_path):
+    run = StubRun(tmp_path)
+    loader, sampler = build_loader(TinySet(8, broken={0, 1}), 2, num_workers=0, drop_last=True, shuffle=False)
+    step, calls = recording_step()
+    fit(run, Phase("ce", phase_cfg(), step, loader, sampler, 4), TrainState())
+    assert len(calls) == 4 and calls[0]["zero_weight"] and not calls[1].get("zero_weight")
+    assert tuple(calls[0]["pixel_values"].shape) == (1, 2, 3, 8, 8)
+    assert sorted(s["video"] for s in run.skips.all_skipped) == ["v0.mp4", "v1.mp4"]
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [2, 3, 4]  # the stand-in's step logs nothing of its own
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_resume_after_a_kill_loses_and_repeats_no_sample(tmp_path, rank):
+    n, world, micro = 26, 2, 3  # 13 per rank: 4 batches and a dropped tail of 1
+    data = TinySet(n, broken={5, 17})  # skipped samples count as consumed too
+
+    def consumed(batch):
+        return batch["indices"]
+
+    # First run: checkpoint at step 2, then "killed" during step 3 (its work is lost).
+    run = StubRun(tmp_path / "a", rank, world)
+    loader, sampler = build_loader(data, micro, rank, world, seed=3, num_workers=0, drop_last=True)
+    step, calls = recording_step()
+    fit(run, Phase("ce", phase_cfg(save_every=2), step, loader, sampler, 3), TrainState())
+    at_checkpoint = run.saved[0]
+    assert at_checkpoint["step"] == 2 and at_checkpoint["position"] == 2 * micro
+    before = [i for b in calls[:2] for i in consumed(b)] + [s["index"] for s in run.skips.all_skipped
+                                                             if s["index"] in sampler.epoch_indices()[:6]]
+
+    # Resumed run: a fresh loader, the checkpoint's state, to the end of the epoch.
+    run2 = StubRun(tmp_path / "b", rank, world)
+    loader2, sampler2 = build_loader(data, micro, rank, world, seed=3, num_workers=0, drop_last=True)
+    step2, calls2 = recording_step()
+    state = TrainState(**at_checkpoint)
+    fit(run2, Phase("ce", phase_cfg(), step2, loader2, sampler2, 4), state)
+    after = [i for b in calls2 for i in consumed(b)] + [s["index"] for s in run2.skips.all_skipped]
+
+    epoch = sampler2.epoch_indices()[: 4 * micro]  # what one uninterrupted epoch consumes
+    assert sorted(before + after) == sorted(epoch) and len(before + after) == len(set(before + after))
+    other = build_loader(data, micro, 1 - rank, world, seed=3, num_workers=0, drop_last=True)[1]
+    assert not set(epoch) & set(other.epoch_indices())  # the two ranks' epochs are disjoint
+
+
+class StubModel(torch.nn.Module):
+    """generate -> K token rows per video; decode -> one caption per row."""
+
+    def generate(self, pixel_values, num_return_sequences=1, **_):
+        return torch.ones(pixel_values.shape[0] * num_return_sequences, 4, dtype=torch.long)
+
+    def decode(self, sequences):
+        return ["a dog runs"] * sequences.shape[0]
+
+
+class StubSCSTEngine:
+    def __init__(self):
+        self.module, self.backward_calls, self.step_calls = StubModel(), 0, 0
+        self.logprobs = None
+
+    def zero_optimization_stage(self):
+        return 0
+
+    def __call__(self, pixel_values, sequences):
+        self.logprobs = torch.full(sequences.shape, -0.5, requires_grad=True)
+        return self.logprobs, torch.ones(sequences.shape)
+
+    def backward(self, loss):
+        self.backward_calls += 1
+        loss.backward()
+
+    def step(self):
+        self.step_calls += 1
+
+
+def scst_ctx(rewards):
+    reward = SimpleNamespace(score=lambda captions, refs: np.asarray(rewards(len(captions)), dtype=float))
+    return SimpleNamespace(scst=SCSTCfg(samples=3), device="cpu", dtype=torch.float32, reward=reward,
+                           check_finite=lambda v: bool(torch.isfinite(v).all()))
+
+
+def scst_batch():
+    return {"pixel_values": torch.zeros(2, 2, 3, 8, 8), "references": [["a dog runs"], ["a cat"]],
+            "video_ids": ["v0", "v1"]}
+
+
+def test_nan_reward_skips_the_scst_update():
+    from ds_videocap.scst import scst_step
+
+    engine = StubSCSTEngine()
+    out = scst_step(engine, scst_batch(), scst_ctx(lambda n: [0.5] * (n - 1) + [float("nan")]))
+    assert out["skipped_nonfinite"] == 1 and out["nonfinite"] == "reward"
+    assert engine.backward_calls == 0 and engine.step_calls == 0
+
+
+def test_flat_rewards_give_zero_loss_not_nan():
+    from ds_videocap.scst import scst_step
+
+    engine = StubSCSTEngine()
+    out = scst_step(engine, scst_batch(), scst_ctx(lambda n: [0.3] * n))
+    assert out["loss"] == 0.0 and "skipped_nonfinite" not in out and out["advantage_std"] == 0.0
+    assert engine.step_calls == 1 and torch.all(engine.logprobs.grad == 0)
