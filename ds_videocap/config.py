@@ -29,6 +29,9 @@ class DataCfg:
     """Videos root; relative video paths in annotation files resolve against it."""
     train: Optional[str] = None
     """Training annotation file (format auto-detected unless `format` is set)."""
+    sources: Optional[list] = None
+    """Several training sets drawn by ratio, instead of `train`: a list of {name, train, videos, ratio,
+    format}; e.g. WebVid pseudo-captions and MSR-VTT at 1:7. Validation and test stay per dataset."""
     val: Optional[str] = None
     """Validation annotation file; empty skips periodic validation."""
     test: Optional[str] = None

@@ -97,13 +97,15 @@ class ResumableDistributedSampler(Sampler):
     """
 
     def __init__(self, n: int, rank: int = 0, world: int = 1, seed: int = 0, shuffle: bool = True,
-                 drop_last: bool = False, even: bool = True):
+                 drop_last: bool = False, even: bool = True, order=None):
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} outside world size {world}")
         self.n, self.rank, self.world, self.seed = n, rank, world, seed
         self.shuffle, self.drop_last, self.even = shuffle, drop_last, even
         self.epoch = 0
         self.position = 0
+        # order(epoch) -> the epoch's global index order (mixing.mixed_epoch_order); default: a permutation
+        self.order = order
 
     def set_epoch(self, epoch: int) -> None:
         # The same epoch again (a resumed run re-announcing it) keeps the restored position.
@@ -114,7 +116,9 @@ class ResumableDistributedSampler(Sampler):
     def epoch_indices(self) -> list:
         """This rank's full list for the current epoch (consumed ones included)."""
         order = list(range(self.n))
-        if self.shuffle:
+        if self.order is not None:
+            order = self.order(self.epoch)
+        elif self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist()
         if not self.even:
             return [order[i] for i in shard_indices(self.n, self.rank, self.world)]
@@ -190,12 +194,13 @@ def _init_worker(worker_id: int) -> None:
 
 
 def build_loader(dataset, batch_size: int, rank: int = 0, world: int = 1, seed: int = 0, shuffle: bool = True,
-                 num_workers: int = 2, drop_last: bool = False, even: bool = True, prefetch_factor: int = 2):
+                 num_workers: int = 2, drop_last: bool = False, even: bool = True, prefetch_factor: int = 2,
+                 order=None):
     """-> (DataLoader, sampler). Call sampler.set_epoch(e) before each epoch; save/load sampler.state_dict().
 
     even=False gives evaluation shards (nothing duplicated or dropped; ranks may differ by one sample).
     """
-    sampler = ResumableDistributedSampler(len(dataset), rank, world, seed, shuffle, drop_last, even)
+    sampler = ResumableDistributedSampler(len(dataset), rank, world, seed, shuffle, drop_last, even, order)
     keys = getattr(dataset, "epoch_keys", False)
     # Persistent workers: starting them costs more than a small epoch's decoding.
     workers = dict(num_workers=num_workers, worker_init_fn=_init_worker, prefetch_factor=prefetch_factor,

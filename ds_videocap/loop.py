@@ -63,6 +63,13 @@ def _log(run, record: dict) -> None:
             run.engine.monitor.write_events(events)
 
 
+def _drawn(run, state: TrainState) -> dict:
+    """Samples drawn from each training source so far, over all ranks (for mixed training sets)."""
+    if run.sources is None:
+        return {}
+    return {f"drawn_{name}": n for name, n in run.sources.all_ranks(state.per_source).items()}
+
+
 def fit(run, phase: Phase, state: TrainState) -> TrainState:
     """Train `phase` from `state` until phase.total_steps; `run` holds engine, ranks, hooks."""
     from tqdm import tqdm
@@ -81,6 +88,8 @@ def fit(run, phase: Phase, state: TrainState) -> TrainState:
         for batch in phase.loader:
             state.position = phase.sampler.position
             run.skips.add(batch)
+            if run.sources is not None:
+                run.sources.count(batch["indices"], state.per_source)
             if batch["pixel_values"] is None:
                 # Every sample of this micro-batch was skipped: stand in the last good one with zero
                 # weight, so that this rank still joins the collectives the other ranks run.
@@ -117,7 +126,8 @@ def fit(run, phase: Phase, state: TrainState) -> TrainState:
                 elapsed = max(time.time() - window_start, 1e-9)
                 record = {k: sum(o[k] for o in window) / len(window) for k in window[0] if k != "skipped_nonfinite"}
                 record.update(phase=phase.name, step=state.step, epoch=state.epoch,
-                              lr=engine.optimizer.param_groups[0]["lr"], samples_per_s=window_samples / elapsed)
+                              lr=engine.optimizer.param_groups[0]["lr"], samples_per_s=window_samples / elapsed,
+                              **_drawn(run, state))
                 _log(run, record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.1e}",
                                 sps=f"{record['samples_per_s']:.0f}")

@@ -27,7 +27,17 @@ def check_run(args, default_ds_config: str):
             path = getattr(cfg.data, split)
             if path and not Path(path).is_file():
                 raise UserError(f"recipe '{cfg.name}': field 'data.{split}': annotation file '{path}' not found")
-        if not cfg.data.train:
+        if cfg.data.sources:
+            from .mixing import read_sources
+
+            for i, source in enumerate(read_sources(cfg.data.sources, cfg.name)):
+                if not Path(source.train).is_file():
+                    raise UserError(f"recipe '{cfg.name}': field 'data.sources[{i}].train': annotation file "
+                                    f"'{source.train}' not found")
+                if source.videos and not Path(source.videos).is_dir():
+                    raise UserError(f"recipe '{cfg.name}': field 'data.sources[{i}].videos': folder "
+                                    f"'{source.videos}' not found")
+        elif not cfg.data.train:
             raise UserError(f"recipe '{cfg.name}': field 'data.train' is empty: give a training annotation file")
         if cfg.data.videos and not Path(cfg.data.videos).is_dir():
             raise UserError(f"recipe '{cfg.name}': field 'data.videos': folder '{cfg.data.videos}' not found")
@@ -115,6 +125,17 @@ def prepare_data(cfg, rank: int, ds_config: dict | None = None):
     for split in ("train", "val", "test"):
         path = getattr(cfg.data, split)
         clips[split] = read_annotations(path, cfg.data.videos, fmt=cfg.data.format) if path else []
+    clips["sources"] = None
+    if cfg.data.sources:  # the concatenation of the sources' clips; mixing.py draws from it by ratio
+        from .mixing import read_sources
+
+        sources = read_sources(cfg.data.sources, cfg.name)
+        parts = [read_annotations(s.train, s.videos, fmt=s.format) for s in sources]
+        for source, part in zip(sources, parts):
+            if not part:
+                raise UserError(f"{source.train}: no training clips in data source '{source.name}'")
+        clips["train"] = [c for part in parts for c in part]
+        clips["sources"] = (sources, [len(p) for p in parts])
     if not clips["train"] and (cfg.ce.steps or cfg.scst.steps):
         raise UserError(f"{cfg.data.train}: no training clips")
     if ds_config is not None:  # again: a synthetic set is only read here once it has been generated

@@ -32,6 +32,12 @@ class Run:
         self.clips, self.reward, self.scst = clips, reward, cfg.scst
         self.skips = SkipTracker(cfg.data.max_skipped_fraction)
         self.eval_skipped: list = []
+        self.sources = None
+        if clips.get("sources"):
+            from .mixing import SourceCounter
+
+            specs, sizes = clips["sources"]
+            self.sources = SourceCounter([s.name for s in specs], sizes)
         self.max_nonfinite = cfg.max_nonfinite_steps
         self.summary = _read_json(self.output_dir / "summary.json") if rank == 0 else {}
 
@@ -110,12 +116,19 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _phase_loader(cfg, phase: str, dataset, ds_config, rank, world):
+def _phase_loader(cfg, phase: str, dataset, ds_config, rank, world, sources=None):
+    from functools import partial
+
     from .data import build_loader
+    from .mixing import mixed_epoch_order
 
     micro = getattr(cfg, phase).micro_batch or ds_config["train_micro_batch_size_per_gpu"]
+    order = None
+    if sources:
+        specs, sizes = sources
+        order = partial(mixed_epoch_order, sizes, [s.ratio for s in specs], cfg.seed)
     return build_loader(dataset, micro, rank, world, cfg.seed, shuffle=True,
-                        num_workers=cfg.data.num_workers, drop_last=True)
+                        num_workers=cfg.data.num_workers, drop_last=True, order=order)
 
 
 def train_command(args) -> int:
@@ -152,7 +165,7 @@ def train_command(args) -> int:
             continue
         if state.phase != name:
             state = TrainState(phase=name, phase_index=index, best_checkpoint=state.best_checkpoint)
-        loader, sampler = _phase_loader(cfg, name, train_set, ds_config, rank, world)
+        loader, sampler = _phase_loader(cfg, name, train_set, ds_config, rank, world, clips["sources"])
         total = steps_for(phase_cfg, len(loader), engine.gradient_accumulation_steps())
         if state.step < total:
             say(f"[train] {name}: {total} steps, lr {phase_cfg.lr:g} -> {phase_cfg.min_lr:g}")

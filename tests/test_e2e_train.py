@@ -47,3 +47,20 @@ def test_scst_two_ranks_zero3_offload_gathered_and_synced(tmp_path, synth):
             assert m["loss"] == m["loss"]
         summary = json.loads((out / "summary.json").read_text())
         assert "CIDEr" in summary["scst"]["test"]
+
+
+def test_two_training_sets_mixed_by_ratio(tmp_path, synth):
+    """Two sources at 1:3; the draws per source are logged and follow the ratio."""
+    train = json.loads((synth / "annotations" / "cap_train.json").read_text())
+    ids = sorted({r["image_id"] for r in train})
+    first, second = set(ids[: len(ids) // 2]), set(ids[len(ids) // 2:])
+    for name, keep in (("a", first), ("b", second)):
+        (tmp_path / f"{name}.json").write_text(json.dumps([r for r in train if r["image_id"] in keep]))
+    sources = (f"data.sources=[{{name: small, train: {tmp_path / 'a.json'}, videos: {synth / 'videos'}, ratio: 1}},"
+               f" {{name: large, train: {tmp_path / 'b.json'}, videos: {synth / 'videos'}, ratio: 3}}]")
+    out = tmp_path / "run"
+    run_train(out, synth, "zero0.json", "ce.steps=6", "scst.steps=0", sources)
+    last = [m for m in read_metrics(out) if m.get("phase") == "ce" and "loss" in m][-1]
+    drawn = last["drawn_small"], last["drawn_large"]
+    assert sum(drawn) == 6 * 8 * 2  # steps x micro-batch x ranks, every sample attributed
+    assert drawn[1] > 1.8 * drawn[0]
