@@ -143,6 +143,23 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"ds-videocap {args.cmd}: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        # When one rank stops (a UserError, a kill), the others fail in their next collective: say so in
+        # one line instead of a traceback that hides the first rank's message.
+        if not _lost_a_peer(err):
+            raise
+        print(f"ds-videocap {args.cmd}: error: stopped because another rank stopped first (see its message)",
+              file=sys.stderr)
+        return 1
+
+
+def _lost_a_peer(err: RuntimeError) -> bool:
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return False
+    text = str(err)
+    return type(err).__name__ == "DistBackendError" or any(
+        s in text for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe"))
 
 
 if __name__ == "__main__":
