@@ -255,7 +255,9 @@ class SkipTracker:
         self.all_skipped = list({s["video"]: s for part in parts for s in part}.values())
 
     def _fail(self, total: int) -> None:
-        examples = "; ".join(f"{s['video']}: {s['reason']}" for s in self.epoch_skipped[:3])
+        # Decode errors already start with the path; name each video once.
+        examples = "; ".join(s["reason"] if s["reason"].startswith(str(s["video"])) else f"{s['video']}: {s['reason']}"
+                             for s in self.epoch_skipped[:3])
         raise UserError(f"{len(self.epoch_skipped)} of {total} videos skipped this epoch, more than "
                         f"data.max_skipped_fraction={self.max_fraction:g} (run `ds-videocap data check`); "
                         f"e.g. {examples}")
