@@ -32,6 +32,8 @@ class TrainState:
     nonfinite_in_a_row: int = 0
     samples_seen: int = 0
     per_source: dict = field(default_factory=dict)
+    skipped_videos: list = field(default_factory=list)
+    """Every rank's skipped videos up to the checkpoint, so a resumed run's summary still lists them."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,6 +85,8 @@ def fit(run, phase: Phase, state: TrainState) -> TrainState:
     # Fail as soon as this rank's epoch can no longer stay under data.max_skipped_fraction (a phase
     # may end before its first epoch does).
     run.skips.epoch_size = len(phase.sampler)
+    known = {s["video"] for s in run.skips.all_skipped}
+    run.skips.all_skipped += [s for s in state.skipped_videos if s["video"] not in known]
     while state.step < phase.total_steps:
         phase.sampler.load_state_dict({"epoch": state.epoch, "position": state.position})
         for batch in phase.loader:
@@ -136,6 +140,8 @@ def fit(run, phase: Phase, state: TrainState) -> TrainState:
             if (cfg.eval_every and state.step % cfg.eval_every == 0) or last:
                 run.validate(phase.name, state)
             if (cfg.save_every and state.step % cfg.save_every == 0) or last:
+                run.skips.merge_ranks()
+                state.skipped_videos = list(run.skips.all_skipped)
                 run.save(phase.name, state)
             if last:
                 break
