@@ -315,6 +315,14 @@ def validate(cfg: RecipeCfg) -> None:
             fail(f"{phase}.warmup_steps", "must be >= 0")
         if p.micro_batch is not None and p.micro_batch < 1:
             fail(f"{phase}.micro_batch", "must be >= 1")
+        # log_every=0 would divide by zero mid-run; negative intervals or retention mean nothing.
+        if p.log_every < 1:
+            fail(f"{phase}.log_every", f"must be >= 1, got {p.log_every}")
+        for name in ("eval_every", "save_every", "keep_last", "weight_decay"):
+            if getattr(p, name) < 0:
+                fail(f"{phase}.{name}", f"must be >= 0, got {getattr(p, name)}")
+        if len(p.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in p.betas):
+            fail(f"{phase}.betas", f"must be two numbers in [0, 1), got {p.betas}")
     if cfg.ce.epochs is not None and cfg.ce.epochs < 1:
         fail("ce.epochs", "must be >= 1")
     if cfg.scst.steps and cfg.scst.samples < 2 and cfg.scst.baseline == "mean_others":
@@ -325,6 +333,15 @@ def validate(cfg: RecipeCfg) -> None:
         fail("scst.temperature", "must be > 0")
     if cfg.lora.r < 1:
         fail("lora.r", "must be >= 1")
+    if not 0 <= cfg.lora.dropout < 1:
+        fail("lora.dropout", f"must be within [0, 1), got {cfg.lora.dropout}")
+    for name, value, low in (("data.num_workers", cfg.data.num_workers, 0), ("data.max_words", cfg.data.max_words, 1),
+                             ("data.decode_timeout_s", cfg.data.decode_timeout_s, 0),
+                             ("eval.batch_size", cfg.eval.batch_size, 1), ("scst.samples", cfg.scst.samples, 1),
+                             ("scst.max_new_tokens", cfg.scst.max_new_tokens, 1),
+                             ("model.max_txt_len", cfg.model.max_txt_len, 1)):
+        if value < low:
+            fail(name, f"must be >= {low}, got {value}")
     if cfg.model.quant and cfg.model.llm == "full":
         fail("model.quant", "cannot train a quantized LLM fully: use model.llm=lora (QLoRA) or frozen")
     if cfg.eval.num_beams < 1 or cfg.eval.max_new_tokens < cfg.eval.min_new_tokens:
