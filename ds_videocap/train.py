@@ -135,8 +135,10 @@ def train_command(args) -> int:
     from .checkpoints import find_resume, load_checkpoint
     from .engine import adapt_ds_config, build_optimizer, init_distributed, initialize
     from .setup import build_reward, check_run, prepare_data, prepare_model
+    from .watchdog import watch_launcher
 
     cfg, raw_ds_config = check_run(args, DEFAULT_DS_CONFIG)  # every user mistake surfaces here
+    watch_launcher()  # kill -9 of the launcher must not leave this rank running as an orphan
     rank, world = init_distributed()
     say = print if rank == 0 else (lambda *_, **__: None)
     clips, train_set = prepare_data(cfg, rank, raw_ds_config)
