@@ -1,11 +1,13 @@
 """Bad input through the real launcher: each mistake ends the run before torch.distributed starts,
-with one line per rank naming the file and the field, a non-zero exit code and no Python traceback."""
+with one line per rank naming the file and the field, a non-zero exit code and no Python traceback.
+Launched alongside them: a learning rate so large that the losses turn non-finite, which must stop the
+run after max_nonfinite_steps in a row, again in one line per rank."""
 import json
 import subprocess
 
 import pytest
 
-from e2e import ROOT, child_env
+from e2e import FAST, ROOT, child_env
 
 pytestmark = pytest.mark.slow
 
@@ -41,8 +43,15 @@ def _cases(tmp):
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
     """Every case launched at once (each fails within seconds of start-up), then collected."""
+    from ds_videocap.synth import make_synthetic_set
+
     tmp = tmp_path_factory.mktemp("bad_input")
     cases = _cases(tmp)
+    make_synthetic_set(tmp / "synth", videos=40, seed=42)
+    cases["nan_losses"] = ([str(ROOT / "ds_configs" / "zero3.json"), f"synth_dir={tmp / 'synth'}", "synth_videos=40",
+                            *FAST, "ce.steps=20", "scst.steps=0", "ce.lr=1e30", "ce.min_lr=1e29",
+                            "ce.warmup_steps=0", "max_nonfinite_steps=3"],
+                           ["3 non-finite losses in a row", "max_nonfinite_steps=3", "last at step 2", "synth0"])
     procs = {}
     for name, (args, _) in cases.items():
         cmd = ["bash", str(ROOT / "launch" / "train.sh"), "synth", *args, f"output_dir={tmp / 'run' / name}",
@@ -67,3 +76,11 @@ def test_bad_input_is_one_clear_line(outcomes, name):
         assert word in errors[0], (word, errors[0])
     # Refused before any rank initialised torch.distributed or built a model.
     assert "[model]" not in text and "deepspeed_shm_comm_op" not in text, text[-3000:]
+
+
+def test_nonfinite_losses_stop_the_run_in_one_line(outcomes):
+    code, text, words = outcomes["nan_losses"]
+    assert code != 0 and "Traceback" not in text, text[-5000:]
+    assert text.count("non-finite loss, update skipped") == 3  # each skip logged (by rank 0)
+    errors = [line for line in text.splitlines() if "ds-videocap train: error:" in line]
+    assert 1 <= len(errors) <= 2 and all(w in errors[0] for w in words), errors
