@@ -54,6 +54,12 @@ def check_run(args, default_ds_config: str):
             raise UserError(f"recipe '{cfg.name}': field 'data.image_size' is {cfg.data.image_size} but the model "
                             f"folder '{cfg.model.path}' takes {size}px frames: set data.image_size={size}")
     check_annotation_files(cfg, ds_config, int(os.environ.get("WORLD_SIZE", "1")))
+    from .checkpoints import COMPLETE
+    for field in ("resume", "init_from"):  # else found missing only after the engine is built
+        folder = getattr(cfg, field)
+        if folder and folder != "auto" and not (Path(folder) / COMPLETE).is_file():
+            raise UserError(f"recipe '{cfg.name}': field '{field}': '{folder}' is not a complete checkpoint "
+                            "folder (no COMPLETE marker); give <output_dir>/checkpoints/<phase>-<step>")
     stage = ds_config.get("zero_optimization", {}).get("stage", 0)
     if cfg.model.quant == "8bit" and stage == 3:
         raise UserError(f"{ds_config['_source']}: ZeRO-3 cannot partition 8-bit bitsandbytes weights; use "

@@ -85,3 +85,15 @@ def test_missing_videos_root(data):
     tmp, base = data
     with pytest.raises(UserError, match=r"field 'data.videos': folder .*nowhere' not found"):
         check(base + [f"data.videos={tmp / 'nowhere'}"])
+
+
+@pytest.mark.parametrize("field", ["resume", "init_from"])
+def test_resume_or_init_from_a_half_written_checkpoint(data, field):
+    tmp, base = data
+    half = tmp / "run" / "checkpoints" / "ce-0000006"
+    half.mkdir(parents=True)
+    with pytest.raises(UserError, match=f"field '{field}'.*ce-0000006' is not a complete checkpoint"):
+        check(base + [f"{field}={half}"])
+    (half / "COMPLETE").write_text("{}")
+    check(base + [f"{field}={half}"])
+    check(base + ["resume=auto"])
