@@ -123,12 +123,13 @@ def _dispatch(args) -> int:
     raise AssertionError(args.cmd)
 
 
-def print_json(payload, indent: int | None = None) -> None:
-    """The one line (or block) of JSON a `--json` command prints, on the real standard output."""
+def print_json(args, payload, indent: int | None = None) -> None:
+    """The JSON a `--json` command prints, on the standard output main() kept aside for it."""
     import json
 
-    sys.__stdout__.write(json.dumps(payload, indent=indent) + "\n")
-    sys.__stdout__.flush()
+    out = getattr(args, "json_out", None) or sys.stdout
+    out.write(json.dumps(payload, indent=indent) + "\n")
+    out.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import UserError
     # With --json, standard output carries the JSON only: libraries' chatter (DeepSpeed's logger,
     # pycocoevalcap's prints) goes to stderr, so `ds-videocap ... --json | jq` works.
+    args.json_out = sys.stdout
     quiet = contextlib.redirect_stdout(sys.stderr) if getattr(args, "json", False) else contextlib.nullcontext()
     try:
         with quiet:

@@ -129,7 +129,7 @@ def check_command(args) -> int:
                                getattr(args, "format", "auto"), getattr(args, "frames", 8),
                                getattr(args, "backend", "decord"))
     if getattr(args, "json", False):
-        print_json(report)
+        print_json(args, report)
     else:
         print(format_report(report))
     sys.stdout.flush()

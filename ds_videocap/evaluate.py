@@ -179,7 +179,7 @@ def eval_command(args) -> int:
     scores = score_split(captions, clips)
     scores["skipped_videos"] = skipped
     if args.json:
-        print_json(scores)
+        print_json(args, scores)
     else:
         for key, value in scores.items():
             if key != "skipped_videos":
@@ -214,7 +214,7 @@ def caption_command(args) -> int:
                                      eval_cfg.batch_size)
     rows = [{"video": str(v), "caption": captions[str(i)]} for i, v in enumerate(videos) if str(i) in captions]
     if args.json:
-        print_json(rows, indent=1)
+        print_json(args, rows, indent=1)
     else:
         for row in rows:
             print(f"{row['video']}\t{row['caption']}")

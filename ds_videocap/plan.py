@@ -259,7 +259,7 @@ def plan_command(args) -> int:
     cfg = load_plan_recipe(args.recipe, list(args.overrides or []))
     plan = plan_recipe(cfg, gpus=args.gpus, gpu_mem=args.gpu_mem, cpu_mem=getattr(args, "cpu_mem", 256.0))
     if args.json:
-        print_json(plan, indent=2)
+        print_json(args, plan, indent=2)
     else:
         print(format_plan(plan))
     return 0
