@@ -1,0 +1,275 @@
+"""Fast single-process tuning of the tiny from-scratch captioner on the synthetic set (no DeepSpeed).
+
+    python benchmarks/tune_tiny.py --steps 400 --patch 4 --tag p4
+    python benchmarks/tune_tiny.py --steps 400 --pos-std 0.02 --frame-std 0.02 --tag std002
+
+Builds the tiny folder with ds_videocap.build.build_tiny_folder (the knobs below override its
+defaults; init stds are re-drawn after build_model), trains with plain AdamW (weight decay 0.05 on
+matrices, gradient clipping 1.0, as the launcher's DeepSpeed configs do) under engine.lr_at, and
+evaluates greedy captions on the val split: CE loss, CIDEr (pycocoevalcap) and attribute accuracy.
+The decoded clips (all 16 frames, uint8) are cached in /tmp once; training samples T frames per clip
+with the launcher's random_segment rule, evaluation the uniform one. Optional SCST (--scst-steps)
+follows the repository's scst step (K samples, mean-of-others baseline, CIDEr-D reward).
+Prints one JSON line per evaluation; --out appends them to a file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ds_videocap.annotations import read_annotations  # noqa: E402
+from ds_videocap.captions import normalize_caption  # noqa: E402
+from ds_videocap.export import CLIP_MEAN, CLIP_STD  # noqa: E402
+from ds_videocap.video import read_frames, sample_indices  # noqa: E402
+
+
+def load_split(synth: Path, split: str):
+    clips = read_annotations(synth / "annotations" / f"cap_{split}.json", synth / "videos")
+    cache = Path(tempfile.gettempdir()) / f"tune_tiny_{split}_{len(clips)}.npy"
+    if cache.is_file():
+        frames = np.load(cache)
+    else:
+        frames = np.stack([read_frames(c.video, "uniform", 16, 32, backend="pyav") for c in clips])
+        np.save(cache, frames)
+    return clips, frames  # (N, 16, 32, 32, 3) uint8
+
+
+def to_pixels(frames: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float()  # (B, T, 3, H, W)
+    mean, std = torch.tensor(CLIP_MEAN).view(1, 1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 1, 3, 1, 1)
+    return (x / 255.0 - mean) / std
+
+
+def pick_frames(frames: np.ndarray, idx: np.ndarray, T: int, rng, train: bool) -> torch.Tensor:
+    rows = []
+    for i in idx:
+        sel = sample_indices("random_segment" if train else "uniform", frames.shape[1], T, rng)
+        rows.append(frames[i, sel])
+    return to_pixels(np.stack(rows))
+
+
+def build(args):
+    from ds_videocap.build import build_model, build_tiny_folder
+    from ds_videocap.config import load_recipe
+
+    folder = Path(tempfile.mkdtemp(prefix="tune_tiny_"))
+    kw = dict(image_size=32, seed=args.seed)
+    for name in ("patch_size", "vision_hidden", "vision_layers", "qformer_hidden", "qformer_layers",
+                 "num_query_tokens", "llm_hidden", "llm_layers"):
+        if getattr(args, name) is not None:
+            kw[name] = getattr(args, name)
+    build_tiny_folder(args.family, args.synth / "tokenizer", folder, **kw)
+    cfg = load_recipe(args.recipe)
+    cfg.model.path = str(folder)
+    cfg.model.tiny = None
+    cfg.model.frame_embedding = not args.no_frame_embedding
+    model = build_model(cfg.model, cfg.lora)
+    g = torch.Generator().manual_seed(args.seed + 1)
+    with torch.no_grad():
+        if args.pos_std is not None:
+            pe = model.hf.vision_model.embeddings.position_embedding
+            pe.copy_(torch.randn(pe.shape, generator=g) * args.pos_std)
+        if args.frame_std is not None and model.frame_embedding is not None:
+            fe = model.frame_embedding
+            fe.copy_(torch.randn(fe.shape, generator=g) * args.frame_std)
+        if args.patch_std is not None:
+            w = model.hf.vision_model.embeddings.patch_embedding.weight
+            std = args.patch_std if args.patch_std > 0 else 1.0 / math.sqrt(w[0].numel())  # <=0: fan-in
+            w.copy_(torch.randn(w.shape, generator=g) * std)
+    if args.xattn_std is not None:  # sharper initial Q-Former cross-attention (query/key projections)
+        with torch.no_grad():
+            for name, w in model.hf.qformer.named_parameters():
+                if "crossattention.attention." in name and name.endswith(("query.weight", "key.weight")):
+                    w.copy_(torch.randn(w.shape, generator=g) * args.xattn_std)
+    if args.dropout is not None:
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = args.dropout
+    return model
+
+
+def evaluate(model, clips, frames, T, max_new_tokens=16, batch=100, num_beams=1):
+    from ds_videocap.evaluate import score_split
+
+    model.eval()
+    caps = {}
+    with torch.no_grad():
+        for s in range(0, len(clips), batch):
+            idx = np.arange(s, min(s + batch, len(clips)))
+            px = pick_frames(frames, idx, T, None, train=False)
+            seqs = model.generate(px, num_beams=num_beams, max_new_tokens=max_new_tokens,
+                                  min_new_tokens=3 if num_beams > 1 else 0)
+            for i, c in zip(idx, model.decode(seqs)):
+                caps[clips[i].video_id] = c
+    model.train()
+    scores = score_split(caps, clips)
+    keep = ("CIDEr", "color_acc", "shape_acc", "motion_acc", "all_acc")
+    return {k: round(float(scores[k]), 4) for k in keep}, caps
+
+
+def decay_groups(model, wd):
+    decay, no = [], []
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            (no if p.ndim < 2 or "norm" in n.lower() or n.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": wd}, {"params": no, "weight_decay": 0.0}]
+
+
+def emit(args, record):
+    record = {"tag": args.tag, **record}
+    line = json.dumps(record)
+    print(line, flush=True)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(line + "\n")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--synth", type=Path, default=ROOT / "data" / "synth")
+    p.add_argument("--recipe", default="synth")
+    p.add_argument("--family", default="opt")
+    p.add_argument("--tag", default="run")
+    p.add_argument("--out", default=None)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--total-steps", type=int, default=None, help="schedule length (default --steps)")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--min-lr", type=float, default=1e-5)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--wd", type=float, default=0.05)
+    p.add_argument("--frames", type=int, default=4)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--patch-size", type=int, default=None)
+    p.add_argument("--vision-hidden", type=int, default=None)
+    p.add_argument("--vision-layers", type=int, default=None)
+    p.add_argument("--qformer-hidden", type=int, default=None)
+    p.add_argument("--qformer-layers", type=int, default=None)
+    p.add_argument("--num-query-tokens", type=int, default=None)
+    p.add_argument("--llm-hidden", type=int, default=None)
+    p.add_argument("--llm-layers", type=int, default=None)
+    p.add_argument("--pos-std", type=float, default=None, help="re-draw the ViT position embedding")
+    p.add_argument("--frame-std", type=float, default=None, help="re-draw the frame-index embedding")
+    p.add_argument("--patch-std", type=float, default=None, help="re-draw the patch embedding (<=0: 1/sqrt(fan_in))")
+    p.add_argument("--xattn-std", type=float, default=None, help="re-draw Q-Former cross-attention q/k")
+    p.add_argument("--dropout", type=float, default=None, help="set every Dropout's p")
+    p.add_argument("--no-frame-embedding", action="store_true")
+    p.add_argument("--scst-steps", type=int, default=0)
+    p.add_argument("--scst-lr", type=float, default=2e-5)
+    p.add_argument("--scst-min-lr", type=float, default=None, help="default scst-lr / 10")
+    p.add_argument("--scst-batch", type=int, default=32)
+    p.add_argument("--scst-k", type=int, default=5)
+    p.add_argument("--scst-eval-every", type=int, default=50)
+    p.add_argument("--save", default=None, help="save the CE state_dict here")
+    p.add_argument("--load", default=None, help="skip CE: load this state_dict")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+
+    train_clips, train_frames = load_split(args.synth, "train")
+    val_clips, val_frames = load_split(args.synth, "val")
+    refs = [[normalize_caption(c, 50) for c in clip.captions] for clip in train_clips]
+    model = build(args)
+    n_params = sum(p.numel() for p in model.parameters())
+    emit(args, {"event": "config", "params": n_params, **{k: (str(v) if isinstance(v, Path) else v)
+                                                           for k, v in vars(args).items()}})
+    from ds_videocap.engine import lr_at
+
+    rng = np.random.default_rng(args.seed)
+    if args.load:
+        model.load_state_dict(torch.load(args.load))
+    else:
+        opt = torch.optim.AdamW(decay_groups(model, args.wd), lr=args.lr)
+        total = args.total_steps or args.steps
+        order, pos, losses, t0 = rng.permutation(len(train_clips)), 0, [], time.time()
+        model.train()
+        for step in range(args.steps):
+            if pos + args.batch > len(order):
+                order, pos = rng.permutation(len(train_clips)), 0
+            idx = order[pos:pos + args.batch]
+            pos += args.batch
+            px = pick_frames(train_frames, idx, args.frames, rng, train=True)
+            caps = [refs[i][rng.integers(len(refs[i]))] for i in idx]
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, total, args.warmup, args.lr, args.min_lr)
+            inputs = model.encode_text(caps)
+            loss = model(pixel_values=px, **inputs)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            losses.append(loss.item())
+            done = step + 1
+            if done % args.log_every == 0:
+                emit(args, {"event": "ce", "step": done, "loss": round(float(np.mean(losses)), 4),
+                            "s_per_step": round((time.time() - t0) / done, 3)})
+                losses = []
+            if (args.eval_every and done % args.eval_every == 0) or done == args.steps:
+                scores, caps_out = evaluate(model, val_clips, val_frames, args.frames)
+                emit(args, {"event": "eval", "phase": "ce", "step": done, **scores,
+                            "example": list(caps_out.values())[:3]})
+        if args.save:
+            torch.save(model.state_dict(), args.save)
+    if args.scst_steps:
+        run_scst(args, model, train_clips, train_frames, val_clips, val_frames, refs, rng)
+
+
+def run_scst(args, model, train_clips, train_frames, val_clips, val_frames, refs, rng):
+    from ds_videocap.engine import lr_at
+    from ds_videocap.reward import CiderD
+    from ds_videocap.scst import compute_baseline, policy_loss
+
+    scores, _ = evaluate(model, val_clips, val_frames, args.frames)
+    emit(args, {"event": "eval", "phase": "scst", "step": 0, **scores})
+    reward = CiderD.from_corpus([c.captions for c in train_clips])
+    opt = torch.optim.AdamW(decay_groups(model, args.wd), lr=args.scst_lr)
+    min_lr = args.scst_min_lr if args.scst_min_lr is not None else args.scst_lr / 10
+    k, t0, log = args.scst_k, time.time(), []
+    for step in range(args.scst_steps):
+        idx = rng.choice(len(train_clips), args.scst_batch, replace=False)
+        px = pick_frames(train_frames, idx, args.frames, rng, train=True)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.scst_steps, 0, args.scst_lr, min_lr)
+        model.eval()
+        with torch.no_grad():
+            samples = model.generate(px, do_sample=True, num_return_sequences=k, temperature=1.0, top_k=0,
+                                     max_new_tokens=16)
+        model.train()
+        captions = model.decode(samples)
+        rewards = reward.score(captions, [train_clips[i].captions for i in idx for _ in range(k)]).reshape(-1, k)
+        baseline = compute_baseline(rewards, "mean_others")
+        adv = torch.as_tensor((rewards - baseline).reshape(-1))
+        logprobs, mask = model.sequence_logprobs(px, samples)
+        loss = policy_loss(logprobs, mask, adv, False)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        log.append(float(rewards.mean()))
+        done = step + 1
+        if done % 10 == 0:
+            emit(args, {"event": "scst", "step": done, "reward": round(float(np.mean(log)), 4),
+                        "s_per_step": round((time.time() - t0) / done, 3)})
+            log = []
+        if done % args.scst_eval_every == 0 or done == args.scst_steps:
+            scores, caps_out = evaluate(model, val_clips, val_frames, args.frames)
+            emit(args, {"event": "eval", "phase": "scst", "step": done, **scores,
+                        "example": list(caps_out.values())[:3]})
+
+
+if __name__ == "__main__":
+    main()
