@@ -47,12 +47,13 @@ def check_run(args, default_ds_config: str):
             check_folder(cfg.model.path)
         except UserError as err:
             raise UserError(f"recipe '{cfg.name}': field 'model.path': {err}") from None
-    if cfg.model.path and (Path(cfg.model.path) / "preprocessor_config.json").is_file():
+    if cfg.model.path and cfg.model.image_size is None and (Path(cfg.model.path) / "preprocessor_config.json").is_file():
         from .build import image_settings  # the ViT's position embedding fixes the frame size
         size = image_settings(cfg.model.path)[0]
         if size != cfg.data.image_size:
             raise UserError(f"recipe '{cfg.name}': field 'data.image_size' is {cfg.data.image_size} but the model "
-                            f"folder '{cfg.model.path}' takes {size}px frames: set data.image_size={size}")
+                            f"folder '{cfg.model.path}' takes {size}px frames: set data.image_size={size}, or "
+                            f"model.image_size=N to feed N px frames (position embeddings interpolated)")
     check_annotation_files(cfg, ds_config, int(os.environ.get("WORLD_SIZE", "1")))
     from .checkpoints import COMPLETE
     for field in ("resume", "init_from"):  # else found missing only after the engine is built
@@ -60,6 +61,11 @@ def check_run(args, default_ds_config: str):
         if folder and folder != "auto" and not (Path(folder) / COMPLETE).is_file():
             raise UserError(f"recipe '{cfg.name}': field '{field}': '{folder}' is not a complete checkpoint "
                             "folder (no COMPLETE marker); give <output_dir>/checkpoints/<phase>-<step>")
+    if ds_config.get("hybrid_engine", {}).get("enabled"):
+        family = cfg.model.tiny or _text_model_type(cfg.model.path)
+        if family not in ("opt", "llama"):
+            raise UserError(f"{ds_config['_source']}: field 'hybrid_engine.enabled': DeepSpeed's Hybrid Engine "
+                            f"serves OPT and Llama decoders only (this model's is {family}); remove it")
     stage = ds_config.get("zero_optimization", {}).get("stage", 0)
     if cfg.model.quant == "8bit" and stage == 3:
         raise UserError(f"{ds_config['_source']}: ZeRO-3 cannot partition 8-bit bitsandbytes weights; use "
@@ -187,3 +193,13 @@ def build_reward(cfg, train_clips):
     if dist.get_rank() == 0:
         reward.save(cache)
     return reward
+
+
+def _text_model_type(folder) -> str | None:
+    """The LLM family of a Hugging Face BLIP-2 / InstructBLIP folder, read from its config.json."""
+    import json
+
+    try:
+        return json.loads((Path(folder) / "config.json").read_text())["text_config"]["model_type"]
+    except (OSError, KeyError, TypeError, ValueError):
+        return None

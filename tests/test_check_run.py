@@ -1,6 +1,7 @@
 """check_run: every user mistake is one UserError naming the file and the field, raised before any rank
 initialises torch.distributed (the launcher e2e test, test_e2e_bad_input.py, shows what users see)."""
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -97,3 +98,24 @@ def test_resume_or_init_from_a_half_written_checkpoint(data, field):
     (half / "COMPLETE").write_text("{}")
     check(base + [f"{field}={half}"])
     check(base + ["resume=auto"])
+
+
+def test_hybrid_engine_is_refused_for_t5_and_on_cpu(tmp_path):
+    import json
+    from argparse import Namespace
+
+    from ds_videocap.engine import adapt_ds_config, read_ds_config
+    from ds_videocap.errors import UserError
+    from ds_videocap.setup import check_run
+
+    cfg = json.loads((Path(__file__).parent.parent / "ds_configs" / "zero0.json").read_text())
+    cfg["hybrid_engine"] = {"enabled": True}
+    path = tmp_path / "hybrid.json"
+    path.write_text(json.dumps(cfg))
+    args = Namespace(recipe="synth", deepspeed=str(path), overrides=["model.tiny=t5", f"synth_dir={tmp_path / 's'}"])
+    with pytest.raises(UserError, match="hybrid_engine.enabled.*OPT and Llama"):
+        check_run(args, str(path))
+    import torch
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="hybrid_engine.enabled.*needs CUDA"):
+            adapt_ds_config(read_ds_config(path), None, tmp_path)
