@@ -140,6 +140,7 @@ def train_command(args) -> int:
     cfg, raw_ds_config = check_run(args, DEFAULT_DS_CONFIG)  # every user mistake surfaces here
     watch_launcher()  # kill -9 of the launcher must not leave this rank running as an orphan
     rank, world = init_distributed()
+    _seed_everything(cfg.seed + rank)  # per rank: dropout masks and SCST samples differ across ranks
     say = print if rank == 0 else (lambda *_, **__: None)
     clips, train_set = prepare_data(cfg, rank, raw_ds_config)
     ds_config = adapt_ds_config(raw_ds_config, cfg.ce.micro_batch, cfg.output_dir, say=say)
@@ -179,7 +180,20 @@ def train_command(args) -> int:
         run.write_summary()
         _print_table(run.summary)
     dist.barrier()
+    # An orderly shutdown: left to interpreter exit, gloo's threads can die with "terminate called
+    # without an active exception" and a non-zero exit code after a successful run.
+    dist.destroy_process_group()
     return 0
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def _step_function(name: str):
