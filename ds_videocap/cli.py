@@ -141,7 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     quiet = contextlib.redirect_stdout(sys.stderr) if getattr(args, "json", False) else contextlib.nullcontext()
     try:
         with quiet:
-            return _dispatch(args) or 0
+            code = _dispatch(args) or 0
+        if _distributed():
+            from .engine import exit_distributed
+            exit_distributed(code)  # does not return: see why there
+        return code
     except UserError as err:
         print(f"ds-videocap {args.cmd}: error: {err}", file=sys.stderr)
         return 2
@@ -155,9 +159,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _lost_a_peer(err: RuntimeError) -> bool:
+def _distributed() -> bool:
     dist = sys.modules.get("torch.distributed")
-    if dist is None or not dist.is_available() or not dist.is_initialized():
+    return dist is not None and dist.is_available() and dist.is_initialized()
+
+
+def _lost_a_peer(err: RuntimeError) -> bool:
+    if not _distributed():
         return False
     text = str(err)
     return type(err).__name__ == "DistBackendError" or any(

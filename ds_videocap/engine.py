@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -122,6 +123,28 @@ def init_distributed() -> tuple[int, int]:
     return rank, world
 
 
+def exit_distributed(code: int) -> None:
+    """End a rank of a finished distributed command: wait for every rank, flush, and _exit.
+
+    Neither interpreter exit nor destroy_process_group() is safe with gloo here: about one run in
+    forty aborted after a successful run with "terminate called without an active exception" (gloo
+    worker threads still joinable, or holding tensors, while C++ statics are torn down), which the
+    launcher reports as exit code 250. Once every rank has passed the barrier no collective is left
+    to run, so skipping the teardown loses nothing; files are closed by then and stdio is flushed here.
+    """
+    import logging
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 def _unlink_shm_buffers(rank: int) -> None:
     """Remove the names of DeepSpeed's CPU shared-memory all-reduce buffers once every rank has them open.
 
@@ -196,9 +219,7 @@ def generation_context(engine, gather: bool = True):
     try:
         with torch.no_grad():
             if engine.zero_optimization_stage() == 3 and gather:
-                from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
-
-                with unwrap_model_for_generation(engine):
+                with _gathered(engine), _zero3_hooks_off(engine):
                     yield engine.module, False
             elif engine.zero_optimization_stage() == 3:
                 yield _EngineGenerator(engine), torch.distributed.get_world_size() > 1
@@ -206,6 +227,60 @@ def generation_context(engine, gather: bool = True):
                 yield engine.module, False
     finally:
         engine.module.train(was_training)
+
+
+@contextlib.contextmanager
+def _gathered(engine):
+    """Every ZeRO-3 parameter whole on every rank for the block, then partitioned again.
+
+    DeepSpeed's unwrap_model_for_generation gathers through GatheredParameters, which launches one
+    all-gather per parameter (124 for the tiny OPT): on CPU/gloo that latency was two thirds of a whole
+    rollout. all_gather_coalesced (ZeRO-3's own fetch path) packs a bucket of partitions into one flat
+    all-gather; buckets of stage3_prefetch_bucket_size elements bound the transient flat buffer.
+    """
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    params = [p for p in engine.module.parameters() if p.ds_status == ZeroParamStatus.NOT_AVAILABLE]
+    bucket_size = max(1, int(engine.zero_prefetch_bucket_size()))
+    bucket, bucket_numel = [], 0
+    for param in params:
+        bucket.append(param)
+        bucket_numel += param.ds_numel
+        if bucket_numel >= bucket_size:
+            bucket[0].all_gather_coalesced(bucket).wait()
+            bucket, bucket_numel = [], 0
+    if bucket:
+        bucket[0].all_gather_coalesced(bucket).wait()
+    try:
+        yield
+    finally:
+        if params:
+            params[0].partition(param_list=params, has_been_updated=False)
+
+
+@contextlib.contextmanager
+def _zero3_hooks_off(engine):
+    """ZeRO-3's per-module fetch/release hooks taken out of their modules' hook dicts for the block.
+
+    With every parameter gathered they would only cost time (and release parameters after each module).
+    unwrap_model_for_generation removes them and re-registers afresh, which also invalidates the
+    prefetch trace so that the next training step runs untraced; putting the same hooks back, in their
+    original order, keeps both.
+    """
+    offload = getattr(engine.optimizer, "parameter_offload", None) or engine.optimizer
+    handles = [*offload.forward_hooks, *offload.backward_hooks, offload.fwd_pre_hook]
+    saved = {}
+    for handle in handles:
+        hooks = handle.hooks_dict_ref()
+        if hooks is not None and handle.id in hooks:
+            saved.setdefault(id(hooks), (hooks, hooks.copy()))
+            del hooks[handle.id]
+    try:
+        yield
+    finally:
+        for hooks, original in saved.values():
+            hooks.clear()
+            hooks.update(original)
 
 
 class _EngineGenerator:

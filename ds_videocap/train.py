@@ -179,11 +179,7 @@ def train_command(args) -> int:
         run.summary["best_checkpoint"] = state.best_checkpoint
         run.write_summary()
         _print_table(run.summary)
-    dist.barrier()
-    # An orderly shutdown: left to interpreter exit, gloo's threads can die with "terminate called
-    # without an active exception" and a non-zero exit code after a successful run.
-    dist.destroy_process_group()
-    return 0
+    return 0  # cli.main ends the rank through engine.exit_distributed
 
 
 def _seed_everything(seed: int) -> None:

@@ -43,6 +43,41 @@ pixels = torch.randn(2, cfg.data.frames, 3, cfg.data.image_size, cfg.data.image_
 loss = engine(pixels, **model.encode_text(["a red circle moves left", "a blue square grows"]))
 engine.backward(loss)
 engine.step()
+
+
+def hook_count():
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
+
+
+def greedy(gather):
+    with generation_context(engine, gather=gather) as (gen, synced):
+        return gen.generate(pixels, max_new_tokens=6, num_beams=1, do_sample=False, synced_gpus=synced)
+
+
+# The gathered context gathers in one coalesced all-gather and takes ZeRO-3's hooks out for the block:
+# it must produce what per-layer fetching produces, and leave the engine exactly as it found it.
+def whole():
+    return [n for n, p in model.named_parameters() if p.numel()]
+
+
+text = model.encode_text(["a red circle moves left", "a blue square grows"])
+coordinator = engine.optimizer.parameter_offload.get_param_coordinator()
+hooks_before, trace_before, whole_before = hook_count(), coordinator.is_invalid_trace(), whole()
+assert whole_before == [], whole_before  # after a step ZeRO-3 has released every parameter
+gathered = greedy(True)
+assert hook_count() == hooks_before > 0, (hook_count(), hooks_before)
+assert coordinator.is_invalid_trace() == trace_before, "the gathered context changed the prefetch trace"
+assert whole() == [], f"left gathered after generation: {whole()}"
+model.eval()  # no dropout: the two losses must be equal
+with torch.no_grad():
+    loss_before = engine(pixels, **text).item()
+assert torch.equal(greedy(True), gathered)
+with torch.no_grad():
+    loss_after = engine(pixels, **text).item()
+assert loss_after == loss_before, (loss_after, loss_before)  # ZeRO-3's hooks still fetch what the loss needs
+model.train()
+fetched = greedy(False)
+assert torch.equal(gathered, fetched), (gathered, fetched)
 for gather in (True, False):
     with generation_context(engine, gather=gather) as (gen, synced):
         # rank-dependent lengths: one rank stops early, the other must not hang
