@@ -11,6 +11,8 @@ pass), max_new_tokens 16. rollout() is the real one: generation_context (eval, n
 ZeRO-3 either unwrap_model_for_generation gathering every parameter once, scst.gather_for_generation
 =true, or generate() through the engine with synced_gpus, =false) + model.generate.
 A fourth timing is the ZeRO-3 gathered context alone (enter + exit around no generate): its fixed cost.
+A fifth is the same rollout gathered the way DeepSpeed's unwrap_model_for_generation does it (one
+all-gather per parameter, hooks removed and re-registered), which generation_context used before.
 Variants run round-robin (order rotated each repeat) after one warm-up rollout each; a rollout's time
 is the slower rank's, from a barrier to its return. Reported: median ms per rollout, ratio to ZeRO-0.
 The model is untrained, so it rarely samples the stop token: every rollout generates the full 16 tokens.
@@ -18,6 +20,7 @@ The model is untrained, so it rarely samples the stop token: every rollout gener
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -28,10 +31,24 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ds_bench_common import fake_batches, launch, load, median, worker_setup, write_model, write_tokenizer  # noqa: E402
 
-VARIANTS = ("zero0", "zero3_gather", "zero3_synced", "zero3_gather_ctx")
+VARIANTS = ("zero0", "zero3_gather", "zero3_synced", "zero3_gather_ctx", "zero3_ds_unwrap")
 LABELS = {"zero0": "ZeRO-0 (zero0.json)", "zero3_gather": "ZeRO-3 gathered (zero3.json, scst.gather_for_generation=true)",
+          "zero3_ds_unwrap": "ZeRO-3 gathered by DeepSpeed's unwrap_model_for_generation (reference: what "
+                             "generation_context replaced)",
           "zero3_synced": "ZeRO-3 per-layer synced (zero3.json, scst.gather_for_generation=false)",
           "zero3_gather_ctx": "ZeRO-3 gathered: the generation context alone (enter + exit, no generate)"}
+
+
+@contextlib.contextmanager
+def deepspeed_unwrap_context(engine, gather=True):
+    """generation_context as it was: DeepSpeed's own gathered-generation helper."""
+    import torch
+    from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
+
+    engine.module.eval()
+    with torch.no_grad(), unwrap_model_for_generation(engine):
+        yield engine.module, False
+    engine.module.train()
 
 
 def worker(args) -> None:
@@ -39,6 +56,7 @@ def worker(args) -> None:
     import torch.distributed as dist
 
     from ds_videocap.engine import generation_context
+    from ds_videocap import scst
     from ds_videocap.scst import rollout
 
     overrides = [f"scst.micro_batch={args.micro}", f"scst.samples={args.samples}",
@@ -48,7 +66,7 @@ def worker(args) -> None:
     _, _, engine3, _, _ = worker_setup(args.model, args.run_dir, "zero3.json", overrides, args.micro)
     runs = {"zero0": (engine0, cfg.scst), "zero3_gather": (engine3, replace(cfg.scst, gather_for_generation=True)),
             "zero3_synced": (engine3, replace(cfg.scst, gather_for_generation=False)),
-            "zero3_gather_ctx": (engine3, None)}
+            "zero3_gather_ctx": (engine3, None), "zero3_ds_unwrap": (engine3, replace(cfg.scst, gather_for_generation=True))}
     batches = fake_batches(cfg, 2, args.micro, seed=2, rank=rank)
     times = {v: [] for v in VARIANTS}
     lengths = {v: [] for v in VARIANTS}
@@ -65,6 +83,10 @@ def worker(args) -> None:
                 with generation_context(engine, gather=True):
                     pass
                 samples = torch.zeros(args.micro * args.samples, 0)
+            elif name == "zero3_ds_unwrap":
+                scst.generation_context = deepspeed_unwrap_context
+                samples, _ = rollout(engine, pixels, scst_cfg, want_greedy=False)
+                scst.generation_context = generation_context
             else:
                 samples, _ = rollout(engine, pixels, scst_cfg, want_greedy=False)
             elapsed = time.perf_counter() - t0
