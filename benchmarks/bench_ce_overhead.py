@@ -24,12 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ds_bench_common import ROOT, fake_batches, launch, load, median, worker_setup, write_model, \
+from ds_bench_common import add_worker_args, bench_root, report, ROOT, fake_batches, launch, load, median, worker_setup, write_model, \
     write_tokenizer  # noqa: E402
 
 VARIANTS = ("fit", "bare", "bare_cf")
@@ -224,18 +223,12 @@ def main() -> int:
     parser.add_argument("--micro", type=int, default=32, help="micro-batch per rank (the synth recipe's 32)")
     parser.add_argument("--batches", type=int, default=8, help="distinct in-memory micro-batches, cycled")
     parser.add_argument("--log-every", type=int, default=10)
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--worker", action="store_true")
-    parser.add_argument("--result")
-    parser.add_argument("--config")
-    parser.add_argument("--model")
-    parser.add_argument("--run-dir")
+    add_worker_args(parser, "--config")
     args = parser.parse_args()
     if args.worker:
         worker(args)
         return 0
-    root = Path(args.out or tempfile.mkdtemp(prefix="bench_ce_overhead_"))
-    root.mkdir(parents=True, exist_ok=True)
+    root = bench_root(args.out, "bench_ce_overhead_")
     folder = write_model(root, write_tokenizer(root))
     results = []
     for config in args.configs.split(","):
@@ -248,9 +241,7 @@ def main() -> int:
         print(f"[{config}] {res['params']:,} parameters, launch {res['launch_wall_s']} s, median ms/step "
               f"{res['median_ms']}, round ratios {res['round_ratios']}", flush=True)
         results.append(res)
-    (root / "results.json").write_text(json.dumps(results, indent=1))
-    print()
-    print(table(results))
+    report(root, results, table)
     return 0
 
 

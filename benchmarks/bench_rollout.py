@@ -23,13 +23,12 @@ import argparse
 import contextlib
 import json
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ds_bench_common import fake_batches, launch, load, median, worker_setup, write_model, write_tokenizer  # noqa: E402
+from ds_bench_common import add_worker_args, bench_root, report, fake_batches, launch, load, median, worker_setup, write_model, write_tokenizer  # noqa: E402
 
 VARIANTS = ("zero0", "zero3_gather", "zero3_synced", "zero3_gather_ctx", "zero3_ds_unwrap")
 LABELS = {"zero0": "ZeRO-0 (zero0.json)", "zero3_gather": "ZeRO-3 gathered (zero3.json, scst.gather_for_generation=true)",
@@ -123,17 +122,12 @@ def main() -> int:
     parser.add_argument("--micro", type=int, default=16, help="videos per rank (the synth recipe's scst.micro_batch)")
     parser.add_argument("--samples", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=16)
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--worker", action="store_true")
-    parser.add_argument("--result")
-    parser.add_argument("--model")
-    parser.add_argument("--run-dir")
+    add_worker_args(parser)
     args = parser.parse_args()
     if args.worker:
         worker(args)
         return 0
-    root = Path(args.out or tempfile.mkdtemp(prefix="bench_rollout_"))
-    root.mkdir(parents=True, exist_ok=True)
+    root = bench_root(args.out, "bench_rollout_")
     folder = write_model(root, write_tokenizer(root))
     res = launch(str(Path(__file__).resolve()),
                  ["--model", str(folder), "--run-dir", str(root / "run"), "--repeats", str(args.repeats),
@@ -142,9 +136,7 @@ def main() -> int:
                  root / "result.json", root / "worker.log")
     print(f"{res['params']:,} parameters, launch {res['launch_wall_s']} s, per-rollout ms (slower rank) {res['ms']}, "
           f"rank 0 medians {res['rank0_median_ms']}", flush=True)
-    (root / "results.json").write_text(json.dumps(res, indent=1))
-    print()
-    print(table(res))
+    report(root, res, table)
     return 0
 
 

@@ -23,11 +23,10 @@ import gc
 import json
 import resource
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ds_bench_common import fake_batches, launch, load, worker_setup, write_model, write_tokenizer  # noqa: E402
+from ds_bench_common import add_worker_args, bench_root, report, fake_batches, launch, load, worker_setup, write_model, write_tokenizer  # noqa: E402
 
 SIZES = dict(vision_hidden=384, vision_layers=8, qformer_hidden=384, qformer_layers=6, num_query_tokens=16,
              llm_hidden=768, llm_layers=10, patch_size=8)
@@ -146,18 +145,12 @@ def main() -> int:
     parser.add_argument("--malloc-mmap-threshold", type=int, default=None,
                         help="set MALLOC_MMAP_THRESHOLD_ (bytes) in the ranks: glibc then serves every larger "
                              "allocation by mmap and gives it back on free, so RSS follows live tensors")
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--worker", action="store_true")
-    parser.add_argument("--result")
-    parser.add_argument("--config")
-    parser.add_argument("--model")
-    parser.add_argument("--run-dir")
+    add_worker_args(parser, "--config")
     args = parser.parse_args()
     if args.worker:
         worker(args)
         return 0
-    root = Path(args.out or tempfile.mkdtemp(prefix="bench_zero_memory_"))
-    root.mkdir(parents=True, exist_ok=True)
+    root = bench_root(args.out, "bench_zero_memory_")
     folder = write_model(root, write_tokenizer(root), name="model_100m", **SIZES)
     results = []
     for config in args.configs.split(","):
@@ -171,9 +164,7 @@ def main() -> int:
               f"{[{k: round(v, 1) if isinstance(v, float) else v for k, v in x.items()} for x in res['ranks']]}",
               flush=True)
         results.append(res)
-    (root / "results.json").write_text(json.dumps(results, indent=1))
-    print()
-    print(table(results))
+    report(root, results, table)
     return 0
 
 

@@ -8,11 +8,13 @@ adapt_ds_config, prepare_model, build_optimizer, initialize.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,6 +44,28 @@ def child_env() -> dict:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
     return env
+
+
+def add_worker_args(parser, *extra: str) -> None:
+    """The parent's --out, and the arguments it hands its `--worker` children (hidden from --help)."""
+    parser.add_argument("--out", default=None, help="folder for the model, logs and results (default: a new temp folder)")
+    for name in ("--result", "--model", "--run-dir", *extra):
+        parser.add_argument(name, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+
+
+def bench_root(out: str | None, prefix: str) -> Path:
+    """The benchmark's working folder: --out, or a new temporary one."""
+    root = Path(out or tempfile.mkdtemp(prefix=prefix))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def report(root: Path, results, table) -> None:
+    """Keep the raw results next to the logs and print the README table."""
+    (root / "results.json").write_text(json.dumps(results, indent=1))
+    print()
+    print(table(results))
 
 
 def free_port() -> int:
