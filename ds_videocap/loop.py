@@ -32,6 +32,7 @@ class TrainState:
     nonfinite_in_a_row: int = 0
     samples_seen: int = 0
     per_source: dict = field(default_factory=dict)
+    """Samples this rank drew from each training source; a checkpoint holds the sum over all ranks."""
     skipped_videos: list = field(default_factory=list)
     """Every rank's skipped videos up to the checkpoint, so a resumed run's summary still lists them."""
 

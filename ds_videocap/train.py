@@ -88,8 +88,11 @@ class Run:
             return
         keep = getattr(self.cfg, phase).keep_last
         protect = (Path(state.best_checkpoint).name,) if state.best_checkpoint else ()
+        saved = state.to_dict()
+        if self.sources is not None:  # a collective: every rank saves
+            saved["per_source"] = self.sources.all_ranks(state.per_source)
         save_checkpoint(self.engine, self.output_dir / "checkpoints", tag,
-                        dict(state.to_dict(), config=str(self.output_dir / "config.yaml")), keep, protect)
+                        dict(saved, config=str(self.output_dir / "config.yaml")), keep, protect)
 
     def test(self, phase: str) -> None:
         from .evaluate import score_split
@@ -157,6 +160,8 @@ def train_command(args) -> int:
     if resume_from:
         saved = load_checkpoint(engine, resume_from)
         state = TrainState(**{k: v for k, v in saved.items() if k in TrainState.__dataclass_fields__})
+        if rank != 0:  # the checkpoint holds every rank's draws summed: rank 0 carries them on
+            state.per_source = {}
         say(f"[train] resumed from {resume_from} ({state.phase} step {state.step})")
     elif cfg.init_from:
         load_checkpoint(engine, Path(cfg.init_from), with_optimizer=False)

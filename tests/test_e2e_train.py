@@ -50,7 +50,7 @@ def test_scst_two_ranks_zero3_offload_gathered_and_synced(tmp_path, synth):
 
 
 def test_two_training_sets_mixed_by_ratio(tmp_path, synth):
-    """Two sources at 1:3; the draws per source are logged and follow the ratio."""
+    """Two sources at 1:3; the draws per source are logged, follow the ratio and survive a resume."""
     train = json.loads((synth / "annotations" / "cap_train.json").read_text())
     ids = sorted({r["image_id"] for r in train})
     first, second = set(ids[: len(ids) // 2]), set(ids[len(ids) // 2:])
@@ -59,8 +59,16 @@ def test_two_training_sets_mixed_by_ratio(tmp_path, synth):
     sources = (f"data.sources=[{{name: small, train: {tmp_path / 'a.json'}, videos: {synth / 'videos'}, ratio: 1}},"
                f" {{name: large, train: {tmp_path / 'b.json'}, videos: {synth / 'videos'}, ratio: 3}}]")
     out = tmp_path / "run"
-    run_train(out, synth, "zero0.json", "ce.steps=6", "scst.steps=0", sources)
+    run_train(out, synth, "zero0.json", "ce.steps=3", "ce.save_every=3", "scst.steps=0", sources)
+    first = [m for m in read_metrics(out) if m.get("phase") == "ce" and "loss" in m][-1]
+    assert first["drawn_small"] + first["drawn_large"] == 3 * 8 * 2  # steps x micro-batch x ranks
+    # Resumed from the step-3 checkpoint and run on to step 6: the counts carry on from all ranks' draws.
+    run_train(out, synth, "zero0.json", "ce.steps=6", "scst.steps=0", "resume=auto", sources)
     last = [m for m in read_metrics(out) if m.get("phase") == "ce" and "loss" in m][-1]
     drawn = last["drawn_small"], last["drawn_large"]
-    assert sum(drawn) == 6 * 8 * 2  # steps x micro-batch x ranks, every sample attributed
+    assert last["step"] == 6 and sum(drawn) == 6 * 8 * 2, last  # every sample attributed, none twice
     assert drawn[1] > 1.8 * drawn[0]
+    straight = tmp_path / "straight"  # the same draws without the interruption
+    run_train(straight, synth, "zero0.json", "ce.steps=6", "scst.steps=0", sources)
+    expected = [m for m in read_metrics(straight) if m.get("phase") == "ce" and "loss" in m][-1]
+    assert drawn == (expected["drawn_small"], expected["drawn_large"]), (last, expected)
