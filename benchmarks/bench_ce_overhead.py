@@ -226,8 +226,10 @@ def main() -> int:
     add_worker_args(parser, "--config")
     args = parser.parse_args()
     if args.worker:
+        from ds_videocap.engine import exit_distributed
+
         worker(args)
-        return 0
+        exit_distributed(0)  # not interpreter exit: gloo can abort it (see there)
     root = bench_root(args.out, "bench_ce_overhead_")
     folder = write_model(root, write_tokenizer(root))
     results = []

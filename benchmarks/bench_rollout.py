@@ -125,8 +125,10 @@ def main() -> int:
     add_worker_args(parser)
     args = parser.parse_args()
     if args.worker:
+        from ds_videocap.engine import exit_distributed
+
         worker(args)
-        return 0
+        exit_distributed(0)  # not interpreter exit: gloo can abort it (see there)
     root = bench_root(args.out, "bench_rollout_")
     folder = write_model(root, write_tokenizer(root))
     res = launch(str(Path(__file__).resolve()),

@@ -10,8 +10,8 @@ import torch
 import torch.distributed as dist
 
 from ds_videocap.config import load_recipe
-from ds_videocap.engine import adapt_ds_config, build_optimizer, generation_context, init_distributed, initialize, \
-    read_ds_config
+from ds_videocap.engine import adapt_ds_config, build_optimizer, exit_distributed, generation_context, \
+    init_distributed, initialize, read_ds_config
 from ds_videocap.setup import prepare_model
 
 tokenizer, out, ds_json = sys.argv[1:4]
@@ -90,3 +90,4 @@ for gather in (True, False):
 dist.barrier()
 if rank == 0:
     print(f"PARTITIONED-OK {partitioned} parameters, world {world}")
+exit_distributed(0)  # not interpreter exit: gloo can abort it
