@@ -25,6 +25,7 @@ DEFAULT_LORA_R, DEFAULT_LORA_ALPHA = 8, 16
 _SHARD = re.compile(r"^(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?$")
 _NOT_COPIED = ("videocap.json", "videocap_extra.safetensors", "llm_adapter")  # our side files: rewritten
 _LISTED = 40  # names shown per problem kind; the count is always given
+POSITION = "vision_model.embeddings.position_embedding"
 
 
 def import_command(args) -> int:
@@ -80,8 +81,10 @@ def import_lavis(checkpoint, base, out, lora_r: int | None = None, lora_alpha: f
             continue
         q, v = parts["q"], parts["v"]
         mapped[qkv_bias_name(layer)] = torch.cat([q, torch.zeros_like(v), v])
+    vit_size = _vit_trained_size(mapped, base_weights, config.vision_config)
     mismatched = [f"{name}: checkpoint {tuple(t.shape)}, base {tuple(base_weights[name].shape)}"
-                  for name, t in mapped.items() if name in base_weights and t.shape != base_weights[name].shape]
+                  for name, t in mapped.items() if name in base_weights and t.shape != base_weights[name].shape
+                  and not (name == POSITION and vit_size)]
     from_base = [n for n in base_weights if n not in mapped]
     missing += [n for n in from_base if not may_come_from_base(n, instruct)]
     scale, r, alpha = _lora_scale(lora, lora_r, lora_alpha, run_config, base_weights, missing, mismatched)
@@ -92,7 +95,7 @@ def import_lavis(checkpoint, base, out, lora_r: int | None = None, lora_alpha: f
     for name, pair in lora.items():
         w = weights[name]
         weights[name] = (w.float() + (pair["B"].float() @ pair["A"].float()) * scale).to(w.dtype).contiguous()
-    image_size = _write_folder(base, out, weights, family, run_config)
+    image_size = _write_folder(base, out, weights, family, run_config, vit_size)
     counts = {}
     for name in from_base:
         counts[name.split(".")[0]] = counts.get(name.split(".")[0], 0) + 1
@@ -203,7 +206,28 @@ def _refuse_if_incomplete(checkpoint: Path, unknown: list, missing: list, mismat
         raise UserError(f"{checkpoint}: not imported, nothing written:\n" + "\n".join(problems))
 
 
-def _write_folder(base: Path, out: Path, weights: dict, family: str, run_config: dict) -> int:
+def _vit_trained_size(mapped: dict, base_weights: dict, vision_config) -> int | None:
+    """The frame size a ViT trained inside the checkpoint had, when it differs from the base's.
+
+    LAVIS interpolates the ViT's position embedding when it builds a model for another image size
+    (the study's 364 px on the 224 px EVA ViT), so a run that trained the ViT saves a longer pos_embed:
+    1 + (size / patch)^2 positions. Such a ViT is imported at its own size (the folder's config then
+    says so) instead of being refused as a shape mismatch; any other shape difference is refused.
+    """
+    import math
+
+    pos = mapped.get(POSITION)
+    if pos is None or POSITION not in base_weights or pos.shape == base_weights[POSITION].shape:
+        return None
+    base_shape = base_weights[POSITION].shape
+    side = math.isqrt(pos.shape[-2] - 1)
+    if pos.dim() != 3 or pos.shape[0] != 1 or pos.shape[-1] != base_shape[-1] or side * side != pos.shape[-2] - 1:
+        return None
+    return side * vision_config.patch_size
+
+
+def _write_folder(base: Path, out: Path, weights: dict, family: str, run_config: dict,
+                  vit_size: int | None = None) -> int:
     """Base's config, tokenizers and preprocessor, the imported weights, and our videocap.json."""
     from huggingface_hub import save_torch_state_dict
 
@@ -226,6 +250,11 @@ def _write_folder(base: Path, out: Path, weights: dict, family: str, run_config:
     preprocessor = json.loads((out / "preprocessor_config.json").read_text())
     size = preprocessor.get("size", {}).get("height") or preprocessor.get("image_size")
     trained = model_cfg.get("image_size")
+    if vit_size:  # the ViT itself was trained at another size: the folder's native size becomes that
+        config = json.loads((out / "config.json").read_text())
+        config["vision_config"]["image_size"] = vit_size
+        (out / "config.json").write_text(json.dumps(config, indent=2))
+        trained = vit_size if not isinstance(trained, int) else trained
     if isinstance(trained, int) and trained != size:
         # LAVIS fed the (interpolated) ViT frames of this size; build_model interpolates the same way.
         preprocessor["size"] = {"height": trained, "width": trained}

@@ -124,6 +124,27 @@ def test_vicuna_instruct_frozen_llm_from_base(tmp_path, tiny_folders):
     assert (out / "qformer_tokenizer").is_dir()
 
 
+def test_vit_trained_at_another_size_is_imported_at_that_size(tmp_path, tiny_folders, capsys):
+    """LAVIS interpolates pos_embed when it builds the ViT for another frame size; a run that trained
+    the ViT saves the longer one (1 + (48/8)^2 positions here, 1 + 4^2 in the 32 px base)."""
+    state, expected = make_checkpoint(tiny_folders["opt"], "opt", llm="frozen", vit=True)
+    hidden = state["visual_encoder.pos_embed"].shape[-1]
+    state["visual_encoder.pos_embed"] = torch.randn(1, 1 + 6 * 6, hidden)
+    expected["vision_model.embeddings.position_embedding"] = state["visual_encoder.pos_embed"]
+    rc, out = run_import(tmp_path, tiny_folders["opt"], state)
+    assert rc == 0 and "frames: 48 px" in capsys.readouterr().out
+    check_weights(out, "opt", expected)
+    model = load(out)
+    assert model.hf.config.vision_config.image_size == 48 and model.image_size == 48
+    assert torch.isfinite(model(frames(batch=1, t=2, size=48), **model.encode_text(CAPTIONS[:1])))
+    # a position embedding that is no square grid is a mismatch, refused and named
+    state["visual_encoder.pos_embed"] = torch.randn(1, 20, hidden)
+    (tmp_path / "again").mkdir()
+    rc, _ = run_import(tmp_path / "again", tiny_folders["opt"], state)
+    err = capsys.readouterr().err
+    assert rc == 2 and "vision_model.embeddings.position_embedding: checkpoint (1, 20," in err
+
+
 def test_unknown_key_is_refused_and_listed(tmp_path, tiny_folders, capsys):
     state, _ = make_checkpoint(tiny_folders["opt"], "opt", llm="frozen", vit=False)
     state["Qformer.cls.predictions.bias"] = torch.zeros(3)
