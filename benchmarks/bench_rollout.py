@@ -8,8 +8,9 @@ same folder through the train path: one engine under ds_configs/zero0.json, one 
 videos per rank), same seed per repeat for every variant, K=--samples multinomial samples per video
 (the synth recipe's scst section: temperature 1, no top-k/top-p, baseline mean_others so no greedy
 pass), max_new_tokens 16. rollout() is the real one: generation_context (eval, no grad, and under
-ZeRO-3 either unwrap_model_for_generation gathering every parameter once, scst.gather_for_generation
-=true, or generate() through the engine with synced_gpus, =false) + model.generate.
+ZeRO-3 either every parameter gathered once in coalesced all-gathers with ZeRO-3's hooks set aside,
+scst.gather_for_generation=true, or generate() through the engine with synced_gpus, =false) +
+model.generate.
 A fourth timing is the ZeRO-3 gathered context alone (enter + exit around no generate): its fixed cost.
 A fifth is the same rollout gathered the way DeepSpeed's unwrap_model_for_generation does it (one
 all-gather per parameter, hooks removed and re-registered), which generation_context used before.

@@ -16,7 +16,7 @@ SCRIPT = textwrap.dedent('''
     import os, sys, torch
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
     import deepspeed
-    from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
+    from ds_videocap.engine import generation_context
     from ds_videocap.build import build_model, count_parameters
     from ds_videocap.config import LoraCfg, ModelCfg
     deepspeed.init_distributed("gloo")
@@ -33,7 +33,7 @@ SCRIPT = textwrap.dedent('''
     engine.backward(loss)
     engine.step()
     model.eval()
-    with unwrap_model_for_generation(engine) as gathered:
+    with generation_context(engine, gather=True) as (gathered, _):
         sequences = gathered.generate(pixels, max_new_tokens=4, do_sample=True, num_return_sequences=2)
     synced = engine(pixels, generate_kwargs=dict(max_new_tokens=4, synced_gpus=True))
     assert sequences.shape[0] == 4 and synced.shape[0] == 2
