@@ -3,6 +3,8 @@
     python benchmarks/probe_shape.py --net cnn
     python benchmarks/probe_shape.py --net vit --patch-size 8     # the synth recipe's ViT
     python benchmarks/probe_shape.py --net vit --patch-size 4
+    python benchmarks/tune_tiny.py --steps 800 --save /tmp/ce800.pt && \
+        python benchmarks/probe_shape.py --captioner /tmp/ce800.pt
 
 A diagnostic for the default run's weak spot (its captioner learns colour but not shape): one middle
 frame of every single-object training clip, labelled with the clip's shape from the annotations'
@@ -10,6 +12,11 @@ attributes, classified by a small CNN or by the tiny BLIP-2 ViT (the synth recip
 position embedding std 0.5, fan-in patch embedding) with a mean-pooled linear head. 85/15 split,
 AdamW lr 1e-3, batch 64. Prints held-out accuracy every 100 steps (chance is 1/3). Frames come from
 benchmarks/tune_tiny.py's decoded cache, so the first run decodes the set once.
+
+With --captioner (a state dict saved by tune_tiny.py --save, the synth recipe's model) it asks where
+shape is lost instead: linear probes (frozen features, 400 AdamW steps) on the captioner's ViT tokens
+and on the visual tokens its LLM receives, and whether the LLM's own scores for the prefixes
+"a <colour> <shape word>" (log-sum-exp over each shape's synonyms) tell the shapes apart.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tune_tiny import ROOT, load_split, to_pixels  # noqa: E402
 
 SHAPES = ("circle", "square", "triangle")
+CLIP_FRAMES = 4  # the synth recipe's data.frames (tune_tiny.py's default --frames)
 
 
 def shape_frames(synth: Path):
@@ -62,6 +70,75 @@ def build_net(kind: str, patch_size: int, size: int) -> nn.Module:
     return ViTProbe()
 
 
+def linear_probe(features: torch.Tensor, labels: torch.Tensor, steps: int = 400) -> float:
+    """Held-out accuracy (last 15%) of a linear classifier on standardised frozen features."""
+    x = features.flatten(1)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    split = int(0.85 * len(x))
+    head = nn.Linear(x.shape[1], len(SHAPES))
+    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-2, weight_decay=1e-2)
+    for _ in range(steps):
+        loss = nn.functional.cross_entropy(head(x[:split]), labels[:split])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return (head(x[split:]).argmax(1) == labels[split:]).float().mean().item()
+
+
+@torch.no_grad()
+def prefix_scores(model, pixels, colours: list[str]) -> torch.Tensor:
+    """(N, 3): log p("a <colour> <word>") summed over each shape's synonyms, under the LLM."""
+    from ds_videocap.synth_captions import SHAPE_WORDS
+
+    columns = []
+    for shape in SHAPES:
+        per_word = []
+        for word in SHAPE_WORDS[shape]:
+            ids = model.encode_text([f"a {c} {word}" for c in colours])["input_ids"]
+            logprobs, mask = model.sequence_logprobs(pixels, ids)
+            stop = mask.sum(1).long() - 1  # a prefix, not a whole caption: leave the stop token out
+            logprobs[torch.arange(len(ids)), stop] = 0
+            per_word.append(logprobs.sum(1))
+        columns.append(torch.logsumexp(torch.stack(per_word), 0))
+    return torch.stack(columns, 1)
+
+
+def where_shape_is_lost(args) -> None:
+    import numpy as np
+
+    from tune_tiny import build, load_split, pick_frames
+
+    tune_args = argparse.Namespace(family="opt", synth=args.synth, seed=42, recipe="synth", patch_size=None,
+                                   vision_hidden=None, vision_layers=None, qformer_hidden=None, qformer_layers=None,
+                                   num_query_tokens=None, llm_hidden=None, llm_layers=None, no_frame_embedding=False,
+                                   pos_std=None, frame_std=None, patch_std=None, xattn_std=None, dropout=None)
+    model = build(tune_args)
+    model.load_state_dict(torch.load(args.captioner))
+    model.eval()
+    pixels, labels = shape_frames(args.synth)
+    clips, frames = load_split(args.synth, "train")
+    keep = [i for i, c in enumerate(clips) if len(c.attributes["shapes"]) == 1]
+    with torch.no_grad():
+        vit = torch.cat([model.hf.vision_model(pixel_values=pixels[s:s + 256]).last_hidden_state
+                         for s in range(0, len(pixels), 256)])
+        clip_pixels = [pick_frames(frames, np.array(keep[s:s + 256]), CLIP_FRAMES, None, train=False)
+                       for s in range(0, len(keep), 256)]
+        visual = torch.cat([model.encode_visual(p) for p in clip_pixels])
+    print(f"linear probe, captioner's ViT tokens (one frame): held-out shape accuracy {linear_probe(vit, labels):.3f}")
+    print(f"linear probe, the visual tokens its LLM receives: held-out shape accuracy "
+          f"{linear_probe(visual, labels):.3f}")
+    val_clips, val_frames = load_split(args.synth, "val")
+    single = [i for i, c in enumerate(val_clips) if len(c.attributes["shapes"]) == 1]
+    truth = torch.tensor([SHAPES.index(val_clips[i].attributes["shapes"][0]) for i in single])
+    scores = prefix_scores(model, pick_frames(val_frames, np.array(single), CLIP_FRAMES, None, train=False),
+                           [val_clips[i].attributes["colors"][0] for i in single])
+    corrected = scores - scores.mean(0)  # take out the words' prior: only what the video adds counts
+    print(f"LLM prefix scores on {len(single)} val clips: shape accuracy {(scores.argmax(1) == truth).float().mean():.3f}"
+          f" (argmax), {(corrected.argmax(1) == truth).float().mean():.3f} (prior removed)")
+    for index, shape in enumerate(SHAPES):
+        print(f"  {shape} clips: mean score per candidate shape {scores[truth == index].mean(0).numpy().round(3)}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--synth", type=Path, default=ROOT / "data" / "synth")
@@ -69,8 +146,12 @@ def main() -> int:
     parser.add_argument("--patch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--captioner", default=None, help="a tune_tiny.py --save state dict: where is shape lost?")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
+    if args.captioner:
+        where_shape_is_lost(args)
+        return 0
     pixels, labels = shape_frames(args.synth)
     split = int(0.85 * len(labels))
     net = build_net(args.net, args.patch_size, pixels.shape[-1])

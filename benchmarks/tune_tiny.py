@@ -118,12 +118,16 @@ def evaluate(model, clips, frames, T, max_new_tokens=16, batch=100, num_beams=1)
     return {k: round(float(scores[k]), 4) for k in keep}, caps
 
 
-def decay_groups(model, wd):
-    decay, no = [], []
+def decay_groups(model, wd, vit_lr_mult=1.0):
+    """AdamW groups: decay on matrices only; the ViT's groups carry lr_mult (scaled in the schedule)."""
+    groups = {}
     for n, p in model.named_parameters():
         if p.requires_grad:
-            (no if p.ndim < 2 or "norm" in n.lower() or n.endswith(".bias") else decay).append(p)
-    return [{"params": decay, "weight_decay": wd}, {"params": no, "weight_decay": 0.0}]
+            decay = not (p.ndim < 2 or "norm" in n.lower() or n.endswith(".bias"))
+            mult = vit_lr_mult if "vision_model" in n else 1.0
+            groups.setdefault((decay, mult), []).append(p)
+    return [{"params": ps, "weight_decay": wd if decay else 0.0, "lr_mult": mult}
+            for (decay, mult), ps in groups.items()]
 
 
 def emit(args, record):
@@ -168,6 +172,7 @@ def main():
     p.add_argument("--xattn-std", type=float, default=None, help="re-draw Q-Former cross-attention q/k")
     p.add_argument("--dropout", type=float, default=None, help="set every Dropout's p")
     p.add_argument("--no-frame-embedding", action="store_true")
+    p.add_argument("--vit-lr-mult", type=float, default=1.0, help="the ViT's learning rate over the others' in CE")
     p.add_argument("--scst-steps", type=int, default=0)
     p.add_argument("--scst-lr", type=float, default=2e-5)
     p.add_argument("--scst-min-lr", type=float, default=None, help="default scst-lr / 10")
@@ -193,7 +198,7 @@ def main():
     if args.load:
         model.load_state_dict(torch.load(args.load))
     else:
-        opt = torch.optim.AdamW(decay_groups(model, args.wd), lr=args.lr)
+        opt = torch.optim.AdamW(decay_groups(model, args.wd, args.vit_lr_mult), lr=args.lr)
         total = args.total_steps or args.steps
         order, pos, losses, t0 = rng.permutation(len(train_clips)), 0, [], time.time()
         model.train()
@@ -205,7 +210,7 @@ def main():
             px = pick_frames(train_frames, idx, args.frames, rng, train=True)
             caps = [refs[i][rng.integers(len(refs[i]))] for i in idx]
             for g in opt.param_groups:
-                g["lr"] = lr_at(step, total, args.warmup, args.lr, args.min_lr)
+                g["lr"] = lr_at(step, total, args.warmup, args.lr, args.min_lr) * g["lr_mult"]
             inputs = model.encode_text(caps)
             loss = model(pixel_values=px, **inputs)
             opt.zero_grad(set_to_none=True)
