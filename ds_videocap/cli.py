@@ -142,13 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with quiet:
             code = _dispatch(args) or 0
-        if _distributed():
-            from .engine import exit_distributed
-            exit_distributed(code)  # does not return: see why there
-        return code
     except UserError as err:
         print(f"ds-videocap {args.cmd}: error: {err}", file=sys.stderr)
-        return 2
+        code = 2
     except RuntimeError as err:
         # When one rank stops (a UserError, a kill), the others fail in their next collective: say so in
         # one line instead of a traceback that hides the first rank's message.
@@ -156,7 +152,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ds-videocap {args.cmd}: error: stopped because another rank stopped first (see its message)",
               file=sys.stderr)
-        return 1
+        code = 1
+    if _distributed():
+        from .engine import exit_distributed
+        exit_distributed(code, wait_for_peers=code == 0)  # does not return: see why there
+    return code
 
 
 def _distributed() -> bool:

@@ -123,20 +123,22 @@ def init_distributed() -> tuple[int, int]:
     return rank, world
 
 
-def exit_distributed(code: int) -> None:
-    """End a rank of a finished distributed command: wait for every rank, flush, and _exit.
+def exit_distributed(code: int, wait_for_peers: bool = True) -> None:
+    """End a rank of a distributed command: wait for every rank (after success), flush, and _exit.
 
     Neither interpreter exit nor destroy_process_group() is safe with gloo here: about one run in
     forty aborted after a successful run with "terminate called without an active exception" (gloo
     worker threads still joinable, or holding tensors, while C++ statics are torn down), which the
     launcher reports as exit code 250. Once every rank has passed the barrier no collective is left
     to run, so skipping the teardown loses nothing; files are closed by then and stdio is flushed here.
+    A rank that stopped on an error does not wait (its peers may be gone or stuck in a collective);
+    its exit code still says what happened instead of a teardown abort's.
     """
     import logging
 
     import torch.distributed as dist
 
-    if dist.is_initialized():
+    if wait_for_peers and dist.is_initialized():
         dist.barrier()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
