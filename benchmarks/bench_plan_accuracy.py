@@ -4,13 +4,14 @@ For each case a tiny BLIP-2 / InstructBLIP folder (build_tiny_folder, widened so
 not the Python runtime, dominate) is written once; a fresh child process then imports everything,
 reads its resident set size, builds the VideoCaptioner in fp32 with the case's trainable parts,
 and runs two CE steps with torch.optim.AdamW (the second one runs with Adam's moments allocated,
-as every later step does). Measured = peak RSS (ru_maxrss) after the second step minus RSS before
+as every later step does); the SCST cases (ce.steps=0) run two SCST steps instead: K sampled
+captions per video, all run to max_new_tokens, then the policy-gradient pass with grad. Measured = peak RSS (ru_maxrss) after the second step minus RSS before
 building; planned = ds_videocap.plan.plan_recipe(device="cpu") for the same recipe under
 ds_configs/zero0.json (the ZeRO-0 case without DeepSpeed: fp32 weights, fp32 grads, Adam m and v).
 The child builds the model with its constructor rather than from_pretrained, so that the memory-
 mapped weight file does not count: the planner plans training, not loading.
 
-Usage: python benchmarks/bench_plan_accuracy.py [--json] [--only NAME]
+Usage: python benchmarks/bench_plan_accuracy.py [--json] [--only NAME] [--malloc-mmap-threshold 131072]
        python benchmarks/bench_plan_accuracy.py --tables   (the study models' plans, for docs/planner_tables.md)
 """
 from __future__ import annotations
@@ -34,6 +35,11 @@ CASES = {
     "llama-full-ckpt": ("llama", 512, 4, 32, ["model.llm=full", "model.grad_checkpointing_llm=true",
                                               "ce.micro_batch=16", "data.frames=4"]),
     "opt-qformer-b32-64px": ("opt", 384, 4, 64, ["ce.micro_batch=32", "data.frames=4"]),
+    # SCST only (ce.steps=0): a rollout of K samples, then the policy-gradient pass over B x K captions
+    "opt-full-scst": ("opt", 512, 4, 32, ["model.llm=full", "ce.steps=0", "scst.steps=1", "scst.micro_batch=8",
+                                          "scst.samples=8", "scst.max_new_tokens=32", "data.frames=4"]),
+    "t5-lora-scst": ("t5", 512, 4, 32, ["model.llm=lora", "ce.steps=0", "scst.steps=1", "scst.micro_batch=8",
+                                        "scst.samples=8", "scst.max_new_tokens=32", "data.frames=4"]),
 }
 CAPTION_TOKENS = 16
 STUDY = ("msrvtt_flant5xl_ft", "msrvtt_opt2.7b_ft", "msrvtt_opt6.7b_ft", "msrvtt_vicuna7b_ft")
@@ -60,7 +66,7 @@ def recipe_for(folder: Path, image: int, overrides: list[str]):
     from ds_videocap.config import load_recipe
     # the synth recipe trains everything; each case states what it trains on top of a frozen base
     return load_recipe("synth", [f"model.path={folder}", "model.tiny=null", "model.frame_embedding=false",
-                                 "model.llm=frozen", "model.vit=frozen",
+                                 "model.llm=frozen", "model.vit=frozen", "scst.steps=0",
                                  f"data.image_size={image}", f"model.max_txt_len={CAPTION_TOKENS}", *overrides])
 
 
@@ -90,7 +96,8 @@ def run_child(folder: str, image: int, overrides: list[str]) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     family = read_family(config)
     cls = InstructBlipForConditionalGeneration if config.model_type == "instructblip" else Blip2ForConditionalGeneration
-    batch = cfg.ce.micro_batch
+    scst = bool(cfg.scst.steps) and not cfg.ce.steps
+    batch = cfg.scst.micro_batch if scst else cfg.ce.micro_batch
     pixels = torch.randn(batch, cfg.data.frames, 3, image, image)
     before = rss_bytes()
     hf = cls(config)
@@ -101,7 +108,14 @@ def run_child(folder: str, image: int, overrides: list[str]) -> dict:
     assert text["input_ids"].shape[1] == CAPTION_TOKENS, text["input_ids"].shape
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     for _ in range(2):
-        loss = model(pixels, **text)
+        if scst:  # every sample runs to max_new_tokens: the rollout's largest cache
+            n = cfg.scst.max_new_tokens
+            samples = model.generate(pixels, do_sample=True, num_return_sequences=cfg.scst.samples,
+                                     max_new_tokens=n, min_new_tokens=n)
+            logprobs, mask = model.sequence_logprobs(pixels, samples)
+            loss = -(logprobs.sum(1) / mask.sum(1)).mean()
+        else:
+            loss = model(pixels, **text)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -143,6 +157,10 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--only", default=None)
     parser.add_argument("--tables", action="store_true", help="print the study models' plans instead")
+    parser.add_argument("--malloc-mmap-threshold", type=int, default=None,
+                        help="set MALLOC_MMAP_THRESHOLD_ (bytes) in the children: glibc then serves every larger "
+                             "allocation by mmap and returns it on free, so peak RSS follows the live tensors "
+                             "instead of growing with the allocator's kept and fragmented memory")
     parser.add_argument("--child", nargs=3, metavar=("FOLDER", "IMAGE", "OVERRIDES_JSON"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -158,8 +176,11 @@ def main() -> None:
             if args.only and name != args.only:
                 continue
             folder = folders[(family, hidden, layers, image)]
+            env = dict(os.environ, PYTHONWARNINGS="ignore")
+            if args.malloc_mmap_threshold:
+                env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
             out = subprocess.run([sys.executable, __file__, "--child", str(folder), str(image), json.dumps(overrides)],
-                                 capture_output=True, text=True, check=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+                                 capture_output=True, text=True, check=True, env=env)
             measured = json.loads(out.stdout.strip().splitlines()[-1])
             planned = plan_case(folder, image, overrides)
             rows.append({"case": name, "family": family, "hidden": hidden, "layers": layers, "overrides": overrides,

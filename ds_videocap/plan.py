@@ -8,6 +8,8 @@ benchmarks/bench_plan_accuracy.py.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 import math
 from pathlib import Path
@@ -193,7 +195,13 @@ def plan_recipe(cfg, gpus: int = 1, gpu_mem: float = 80.0, cpu_mem: float = 256.
     for path in configs or list_ds_configs():
         ds = read_ds_config(path)
         micro = cfg.ce.micro_batch or ds.get("train_micro_batch_size_per_gpu", 1)
-        est = estimate_config(spec, build_shape(cfg, spec, micro), ds, gpus, device)
+        scst_micro = cfg.scst.micro_batch or ds.get("train_micro_batch_size_per_gpu", 1)
+        runs_ce = bool(cfg.ce.steps or cfg.ce.epochs) or not cfg.scst.steps
+        scst = (replace(build_shape(cfg, spec, scst_micro), caption_tokens=cfg.scst.max_new_tokens)
+                if cfg.scst.steps else None)
+        est = estimate_config(spec, build_shape(cfg, spec, micro), ds, gpus, device, scst=scst,
+                              samples=cfg.scst.samples, ce=runs_ce)
+        phase = est["activations"].pop("phase")
         refused = _refusal(cfg, est["stage"])
         gpu_gib, cpu_gib = est["gpu_bytes"] / GIB, est["cpu_bytes"] / GIB
         rows.append({"config": _display(path), "gpu_gib": round(gpu_gib, 2), "cpu_gib": round(cpu_gib, 2),
@@ -201,6 +209,7 @@ def plan_recipe(cfg, gpus: int = 1, gpu_mem: float = 80.0, cpu_mem: float = 256.
                      "fits": refused is None and gpu_gib <= gpu_mem and cpu_gib <= cpu_mem,
                      "stage": est["stage"], "offload_optimizer": est["offload_optimizer"],
                      "offload_param": est["offload_param"], "micro_batch": micro, "refused": refused,
+                     "peak_phase": phase, "scst_micro_batch": scst_micro if scst is not None else None,
                      "gpu_breakdown_gib": _gib(est["gpu_breakdown"]), "cpu_breakdown_gib": _gib(est["cpu_breakdown"]),
                      "activations_gib": _gib(est["activations"])})
     fitting = sorted((r for r in rows if r["fits"]), key=speed_rank)
@@ -242,15 +251,17 @@ def format_plan(plan: dict) -> str:
              f"{plan['gpus']} GPU(s) x {plan['gpu_mem_gib']:g} GiB, CPU {plan['cpu_mem_gib']:g} GiB",
              "",
              f"{'config':<28}{'stage':>6}{'offload':>10}{'micro':>6}{'GPU GiB':>9}{'states':>8}{'activ.':>8}"
-             f"{'CPU GiB':>9}  fits"]
+             f"{'CPU GiB':>9}  fits (peak phase)"]
     for r in plan["configs"]:
         off = "+".join(k for k, on in (("opt", r["offload_optimizer"]), ("param", r["offload_param"])) if on) or "-"
         g = r["gpu_breakdown_gib"]
         states = g["params"] + g["grads"] + g["optimizer"] + g["buffers"]
         fits = "yes" if r["fits"] else ("refused: " + r["refused"] if r["refused"] else "no")
-        lines.append(f"{r['config']:<28}{r['stage']:>6}{off:>10}{r['micro_batch']:>6}{r['gpu_gib']:>9.1f}"
-                     f"{states:>8.1f}{g['activations']:>8.1f}{r['cpu_gib']:>9.1f}  {fits}")
-    none = "nothing fits (lower ce.micro_batch, set model.grad_checkpointing_llm=true, or add GPUs)"
+        micro = r["scst_micro_batch"] if r["peak_phase"] == "scst" else r["micro_batch"]  # the peak phase's
+        lines.append(f"{r['config']:<28}{r['stage']:>6}{off:>10}{micro:>6}{r['gpu_gib']:>9.1f}"
+                     f"{states:>8.1f}{g['activations']:>8.1f}{r['cpu_gib']:>9.1f}  {fits} ({r['peak_phase']})")
+    none = ("nothing fits (lower ce.micro_batch or scst.micro_batch / scst.samples, set "
+            "model.grad_checkpointing_llm=true, or add GPUs)")
     lines += ["", f"recommended: {plan['recommended'] or none}"]
     return "\n".join(lines)
 

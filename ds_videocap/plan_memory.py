@@ -144,9 +144,13 @@ def _ckpt(per_layer: float, layers: int, rows: int, s: int, h: int, e: int, on: 
     return rows * s * h * e * layers, per_layer
 
 
-def estimate_activations(spec: ModelSpec, shape: Shape, device: str = "cuda") -> dict:
+def estimate_activations(spec: ModelSpec, shape: Shape, device: str = "cuda", rows_per_video: int = 1) -> dict:
     """Bytes of activations for one micro-batch of CE training, per part (saved for backward) and
-    the largest transient working set (a frozen ViT layer, a recomputed layer, the logits)."""
+    the largest transient working set (a frozen ViT layer, a recomputed layer, the logits).
+
+    rows_per_video > 1 is SCST's policy-gradient pass: the visual tokens are computed once per video
+    and repeated for its K sampled captions, so the LLM (and the logits) see micro_batch x K rows.
+    """
     d, e, b, t = spec.dims, (2 if device == "cuda" else 4), shape.micro_batch, shape.frames
     eager_llm = device == "cpu" or shape_is_t5(spec)  # SDPA kernels on CUDA save no score matrix
     frames, nv = b * t, d["vision_tokens"]
@@ -176,6 +180,7 @@ def estimate_activations(spec: ModelSpec, shape: Shape, device: str = "cuda") ->
     # LoRA: dropout(x) is saved as lora_A's input, with its mask, for every adapted Linear
     lora = shape.lora_in_per_layer * (e + mask) if shape.train_llm == "lora" else 0
     caption = shape.caption_tokens
+    b = b * rows_per_video  # from here on: LLM rows
     if spec.family == "t5":
         enc_s = llm_q + shape.prompt_tokens
         enc = _layer_saved(b, enc_s, hl, fl, heads, e, eager=True, ffn_dropout=t5, **common) + b * enc_s * lora
@@ -196,14 +201,64 @@ def estimate_activations(spec: ModelSpec, shape: Shape, device: str = "cuda") ->
             "transient": transient, "total": vit_saved + vit_out + qf + llm_saved + logits + transient}
 
 
+def estimate_rollout(spec: ModelSpec, shape: Shape, samples: int, device: str = "cuda") -> float:
+    """Bytes of one SCST rollout: generate() under no_grad, K samples per video, shape.caption_tokens
+    new tokens each. Nothing is saved for backward; what peaks is the key/value cache of micro_batch x K
+    sequences at full length, the visual prefix repeated K times, the prefill's working set of one layer,
+    and each step's fp32 next-token scores (logits, processed scores, probabilities).
+    """
+    d, e, b, t = spec.dims, (2 if device == "cuda" else 4), shape.micro_batch, shape.frames
+    rows, new = b * samples, shape.caption_tokens
+    hl, fl, heads = d["llm_hidden"], d["llm_ffn"], d["llm_heads"]
+    llm_q = d["query_tokens"] * (1 if shape.fusion == "concat" else t)
+    frames, nv, hv, fv = b * t, d["vision_tokens"], d["vision_hidden"], d["vision_ffn"]
+    vit = frames * nv * e * (6 * hv + 2 * fv) + (frames * d["vision_heads"] * nv * nv * e if device == "cpu" else 0)
+    scores = 3 * rows * d["vocab"] * 4
+    if spec.family == "t5":
+        enc_s = llm_q + shape.prompt_tokens
+        layers = d["llm_decoder_layers"]
+        cache = 2 * layers * rows * (enc_s + new) * hl * e + rows * enc_s * hl * e  # self + cross K/V, encoder out
+        prefill = rows * enc_s * e * (4 * hl + 2 * fl) + rows * heads * enc_s * enc_s * e
+    else:
+        seq = llm_q + shape.prompt_tokens + new
+        cache = 2 * d["llm_layers"] * rows * seq * hl * e + rows * (llm_q + shape.prompt_tokens) * hl * e
+        prefill_s = llm_q + shape.prompt_tokens
+        prefill = rows * prefill_s * e * (4 * hl + 2 * fl)
+        if device == "cpu" or spec.family == "t5":
+            prefill += rows * heads * prefill_s * prefill_s * e
+    return max(vit, cache + prefill + scores)
+
+
 def shape_is_t5(spec: ModelSpec) -> bool:
     return spec.family == "t5"  # T5's relative position bias keeps it on eager attention
 
 
-def estimate_config(spec: ModelSpec, shape: Shape, ds: dict, gpus: int, device: str = "cuda") -> dict:
-    """Everything for one DeepSpeed JSON: per-GPU bytes, node CPU bytes and their breakdown."""
+def estimate_phases(spec: ModelSpec, ce: Shape | None, scst: Shape | None, samples: int,
+                    device: str = "cuda") -> dict:
+    """Activations of the phases a recipe runs; the plan takes the larger (they never coexist).
+
+    `scst` is the SCST micro-batch's shape with caption_tokens = scst.max_new_tokens: its peak is the
+    larger of the rollout and the policy-gradient pass over micro_batch x K sampled captions.
+    """
+    out = {}
+    if ce is not None:
+        out["ce"] = estimate_activations(spec, ce, device)
+    if scst is not None:
+        acts = estimate_activations(spec, scst, device, rows_per_video=samples)
+        rollout = estimate_rollout(spec, scst, samples, device)
+        out["scst"] = dict(acts, rollout=rollout, total=max(acts["total"], rollout))
+    phase = max(out, key=lambda k: out[k]["total"])
+    return dict(out[phase], phase=phase, **{f"{k}_total": v["total"] for k, v in out.items()})
+
+
+def estimate_config(spec: ModelSpec, shape: Shape, ds: dict, gpus: int, device: str = "cuda",
+                    scst: Shape | None = None, samples: int = 0, ce: bool = True) -> dict:
+    """Everything for one DeepSpeed JSON: per-GPU bytes, node CPU bytes and their breakdown.
+
+    `shape` is CE's micro-batch; `scst`, when the recipe runs SCST, its micro-batch (see estimate_phases).
+    """
     states = estimate_states(spec, shape, ds, gpus, device)
-    acts = estimate_activations(spec, shape, device)
+    acts = estimate_phases(spec, shape if ce or scst is None else None, scst, samples, device)
     gpu_parts = dict(states["gpu"], activations=acts["total"])
     gpu_parts["runtime"] = CUDA_ALLOWANCE if device == "cuda" else CPU_FIRST_STEP
     gpu = sum(gpu_parts.values())

@@ -118,3 +118,27 @@ def test_recipe_without_a_known_model_is_a_user_error(tmp_path):
     cfg.model.path = str(tmp_path)
     with pytest.raises(UserError, match="config.json"):
         plan_recipe(cfg)
+
+
+def test_scst_phase_is_planned_and_can_be_the_peak():
+    """SCST's policy-gradient pass runs the LLM on micro_batch x K sampled captions and its rollout holds
+    a key/value cache for all of them: a recipe that runs SCST is planned for the larger phase."""
+    from ds_videocap.plan import load_plan_recipe, plan_recipe
+    zero0 = ["ds_configs/zero0.json"]
+
+    def row(*overrides):
+        return plan_recipe(load_plan_recipe("msrvtt_opt2.7b_scst", list(overrides)), configs=zero0)["configs"][0]
+
+    ce_only = row("ce.steps=100", "scst.steps=0", "ce.micro_batch=2")
+    both = row("ce.steps=100", "ce.micro_batch=2", "scst.micro_batch=8", "scst.samples=8")
+    assert ce_only["peak_phase"] == "ce" and both["peak_phase"] == "scst"
+    assert both["activations_gib"]["total"] > ce_only["activations_gib"]["total"]
+    assert both["activations_gib"]["ce_total"] == ce_only["activations_gib"]["total"]
+    # more samples, or longer ones, never need less: the pass and the rollout both grow
+    more = row("ce.steps=0", "scst.micro_batch=8", "scst.samples=16")
+    longer = row("ce.steps=0", "scst.micro_batch=8", "scst.samples=8", "scst.max_new_tokens=64")
+    base = row("ce.steps=0", "scst.micro_batch=8", "scst.samples=8")
+    for bigger in (more, longer):
+        assert bigger["activations_gib"]["llm"] > base["activations_gib"]["llm"]
+        assert bigger["activations_gib"]["rollout"] > base["activations_gib"]["rollout"]
+    assert base["scst_micro_batch"] == 8 and "ce_total" not in base["activations_gib"]
