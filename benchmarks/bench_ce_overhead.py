@@ -28,8 +28,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ds_bench_common import add_worker_args, bench_root, report, ROOT, fake_batches, launch, load, median, worker_setup, write_model, \
-    write_tokenizer  # noqa: E402
+from ds_bench_common import (  # noqa: E402
+    ROOT, add_worker_args, bench_root, fake_batches, launch, load, median, report, run_worker_if_asked,
+    worker_setup, write_model, write_tokenizer)
 
 VARIANTS = ("fit", "bare", "bare_cf")
 PIECES = ("forward", "backward", "step", "encode_text", "check_finite", "set_lr", "log", "tqdm", "skips")
@@ -225,11 +226,7 @@ def main() -> int:
     parser.add_argument("--log-every", type=int, default=10)
     add_worker_args(parser, "--config")
     args = parser.parse_args()
-    if args.worker:
-        from ds_videocap.engine import exit_distributed
-
-        worker(args)
-        exit_distributed(0)  # not interpreter exit: gloo can abort it (see there)
+    run_worker_if_asked(args, worker)
     root = bench_root(args.out, "bench_ce_overhead_")
     folder = write_model(root, write_tokenizer(root))
     results = []

@@ -5,8 +5,8 @@ not the Python runtime, dominate) is written once; a fresh child process then im
 reads its resident set size, builds the VideoCaptioner in fp32 with the case's trainable parts,
 and runs two CE steps with torch.optim.AdamW (the second one runs with Adam's moments allocated,
 as every later step does); the SCST cases (ce.steps=0) run two SCST steps instead: K sampled
-captions per video, all run to max_new_tokens, then the policy-gradient pass with grad. Measured = peak RSS (ru_maxrss) after the second step minus RSS before
-building; planned = ds_videocap.plan.plan_recipe(device="cpu") for the same recipe under
+captions per video, all run to max_new_tokens, then the policy-gradient pass with grad. Measured =
+peak RSS (ru_maxrss) after the second step minus RSS before building; planned = ds_videocap.plan.plan_recipe(device="cpu") for the same recipe under
 ds_configs/zero0.json (the ZeRO-0 case without DeepSpeed: fp32 weights, fp32 grads, Adam m and v).
 The child builds the model with its constructor rather than from_pretrained, so that the memory-
 mapped weight file does not count: the planner plans training, not loading.

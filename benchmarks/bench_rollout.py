@@ -29,7 +29,9 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ds_bench_common import add_worker_args, bench_root, report, fake_batches, launch, load, median, worker_setup, write_model, write_tokenizer  # noqa: E402
+from ds_bench_common import (  # noqa: E402
+    add_worker_args, bench_root, fake_batches, launch, load, median, report, run_worker_if_asked,
+    worker_setup, write_model, write_tokenizer)
 
 VARIANTS = ("zero0", "zero3_gather", "zero3_synced", "zero3_gather_ctx", "zero3_ds_unwrap")
 LABELS = {"zero0": "ZeRO-0 (zero0.json)", "zero3_gather": "ZeRO-3 gathered (zero3.json, scst.gather_for_generation=true)",
@@ -125,11 +127,7 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=16)
     add_worker_args(parser)
     args = parser.parse_args()
-    if args.worker:
-        from ds_videocap.engine import exit_distributed
-
-        worker(args)
-        exit_distributed(0)  # not interpreter exit: gloo can abort it (see there)
+    run_worker_if_asked(args, worker)
     root = bench_root(args.out, "bench_rollout_")
     folder = write_model(root, write_tokenizer(root))
     res = launch(str(Path(__file__).resolve()),

@@ -26,7 +26,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ds_bench_common import add_worker_args, bench_root, report, fake_batches, launch, load, worker_setup, write_model, write_tokenizer  # noqa: E402
+from ds_bench_common import (  # noqa: E402
+    add_worker_args, bench_root, fake_batches, launch, load, report, run_worker_if_asked, worker_setup,
+    write_model, write_tokenizer)
 
 SIZES = dict(vision_hidden=384, vision_layers=8, qformer_hidden=384, qformer_layers=6, num_query_tokens=16,
              llm_hidden=768, llm_layers=10, patch_size=8)
@@ -147,11 +149,7 @@ def main() -> int:
                              "allocation by mmap and gives it back on free, so RSS follows live tensors")
     add_worker_args(parser, "--config")
     args = parser.parse_args()
-    if args.worker:
-        from ds_videocap.engine import exit_distributed
-
-        worker(args)
-        exit_distributed(0)  # not interpreter exit: gloo can abort it (see there)
+    run_worker_if_asked(args, worker)
     root = bench_root(args.out, "bench_zero_memory_")
     folder = write_model(root, write_tokenizer(root), name="model_100m", **SIZES)
     results = []

@@ -54,6 +54,19 @@ def add_worker_args(parser, *extra: str) -> None:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 
 
+def run_worker_if_asked(args, worker) -> None:
+    """In a `--worker` child, run worker(args) and end the rank (never returns); in the parent, return.
+
+    The rank ends through exit_distributed, not interpreter exit, which gloo can abort (see there).
+    """
+    if not args.worker:
+        return
+    from ds_videocap.engine import exit_distributed
+
+    worker(args)
+    exit_distributed(0)
+
+
 def bench_root(out: str | None, prefix: str) -> Path:
     """The benchmark's working folder: --out, or a new temporary one."""
     root = Path(out or tempfile.mkdtemp(prefix=prefix))

@@ -106,12 +106,10 @@ def prefix_scores(model, pixels, colours: list[str]) -> torch.Tensor:
 def where_shape_is_lost(args) -> None:
     import numpy as np
 
-    from tune_tiny import build, load_split, pick_frames
+    from tune_tiny import build, load_split, pick_frames, parser as tune_parser
 
-    tune_args = argparse.Namespace(family="opt", synth=args.synth, seed=42, recipe="synth", patch_size=None,
-                                   vision_hidden=None, vision_layers=None, qformer_hidden=None, qformer_layers=None,
-                                   num_query_tokens=None, llm_hidden=None, llm_layers=None, no_frame_embedding=False,
-                                   pos_std=None, frame_std=None, patch_std=None, xattn_std=None, dropout=None)
+    # the model tune_tiny.py --save trained, built the way it builds it (its defaults: the synth recipe's)
+    tune_args = tune_parser().parse_args(["--synth", str(args.synth)])
     model = build(tune_args)
     model.load_state_dict(torch.load(args.captioner))
     model.eval()

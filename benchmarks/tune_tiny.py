@@ -139,7 +139,7 @@ def emit(args, record):
             f.write(line + "\n")
 
 
-def main():
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--synth", type=Path, default=ROOT / "data" / "synth")
     p.add_argument("--recipe", default="synth")
@@ -181,7 +181,11 @@ def main():
     p.add_argument("--scst-eval-every", type=int, default=50)
     p.add_argument("--save", default=None, help="save the CE state_dict here")
     p.add_argument("--load", default=None, help="skip CE: load this state_dict")
-    args = p.parse_args()
+    return p
+
+
+def main():
+    args = parser().parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 

@@ -8,10 +8,9 @@ benchmarks/bench_plan_accuracy.py.
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 from .cli import print_json
@@ -192,11 +191,11 @@ def plan_recipe(cfg, gpus: int = 1, gpu_mem: float = 80.0, cpu_mem: float = 256.
         raise UserError("--gpu-mem and --cpu-mem must be positive (GiB)")
     spec = spec or build_spec(read_hf_config(cfg), cfg.model, cfg.lora)
     rows = []
+    runs_ce = bool(cfg.ce.steps or cfg.ce.epochs) or not cfg.scst.steps
     for path in configs or list_ds_configs():
         ds = read_ds_config(path)
         micro = cfg.ce.micro_batch or ds.get("train_micro_batch_size_per_gpu", 1)
         scst_micro = cfg.scst.micro_batch or ds.get("train_micro_batch_size_per_gpu", 1)
-        runs_ce = bool(cfg.ce.steps or cfg.ce.epochs) or not cfg.scst.steps
         scst = (replace(build_shape(cfg, spec, scst_micro), caption_tokens=cfg.scst.max_new_tokens)
                 if cfg.scst.steps else None)
         est = estimate_config(spec, build_shape(cfg, spec, micro), ds, gpus, device, scst=scst,

@@ -144,6 +144,13 @@ def _ckpt(per_layer: float, layers: int, rows: int, s: int, h: int, e: int, on: 
     return rows * s * h * e * layers, per_layer
 
 
+def _frozen_vit_layer(spec: ModelSpec, frames: int, e: int, device: str) -> float:
+    """Working set of one ViT layer run without grad (eager attention's scores on the CPU)."""
+    d = spec.dims
+    nv, hv, fv, av = d["vision_tokens"], d["vision_hidden"], d["vision_ffn"], d["vision_heads"]
+    return frames * nv * e * (6 * hv + 2 * fv) + (frames * av * nv * nv * e if device == "cpu" else 0)
+
+
 def estimate_activations(spec: ModelSpec, shape: Shape, device: str = "cuda", rows_per_video: int = 1) -> dict:
     """Bytes of activations for one micro-batch of CE training, per part (saved for backward) and
     the largest transient working set (a frozen ViT layer, a recomputed layer, the logits).
@@ -159,7 +166,7 @@ def estimate_activations(spec: ModelSpec, shape: Shape, device: str = "cuda", ro
                              eager=device == "cpu")
     vit_saved, vit_transient = _ckpt(vit_layer, d["vision_layers"], frames, nv, hv, e, shape.ckpt_vit)
     if not shape.train_vit:  # runs without saving anything: one layer's working set at a time
-        vit_transient = frames * nv * e * (6 * hv + 2 * fv) + (frames * av * nv * nv * e if device == "cpu" else 0)
+        vit_transient = _frozen_vit_layer(spec, frames, e, device)
     vit_out = frames * nv * hv * e * 2  # post-norm output (+ the frame-embedding sum), the Q-Former's K/V input
 
     concat = shape.fusion == "concat"
@@ -208,25 +215,17 @@ def estimate_rollout(spec: ModelSpec, shape: Shape, samples: int, device: str = 
     and each step's fp32 next-token scores (logits, processed scores, probabilities).
     """
     d, e, b, t = spec.dims, (2 if device == "cuda" else 4), shape.micro_batch, shape.frames
-    rows, new = b * samples, shape.caption_tokens
-    hl, fl, heads = d["llm_hidden"], d["llm_ffn"], d["llm_heads"]
-    llm_q = d["query_tokens"] * (1 if shape.fusion == "concat" else t)
-    frames, nv, hv, fv = b * t, d["vision_tokens"], d["vision_hidden"], d["vision_ffn"]
-    vit = frames * nv * e * (6 * hv + 2 * fv) + (frames * d["vision_heads"] * nv * nv * e if device == "cpu" else 0)
+    rows, new, hl = b * samples, shape.caption_tokens, d["llm_hidden"]
+    # What the decoder attends to before the first new token: the visual tokens and the prompt (T5: its
+    # encoder's output, whose cross-attention K/V every decoder layer caches beside its self-attention K/V).
+    prefix = d["query_tokens"] * (1 if shape.fusion == "concat" else t) + shape.prompt_tokens
+    layers = d["llm_decoder_layers"] if shape_is_t5(spec) else d["llm_layers"]
+    cache = 2 * layers * rows * (prefix + new) * hl * e + rows * prefix * hl * e  # K/V + the repeated prefix
+    prefill = rows * prefix * e * (4 * hl + 2 * d["llm_ffn"])
+    if device == "cpu" or shape_is_t5(spec):  # eager attention keeps the prefill's score matrix
+        prefill += rows * d["llm_heads"] * prefix * prefix * e
     scores = 3 * rows * d["vocab"] * 4
-    if spec.family == "t5":
-        enc_s = llm_q + shape.prompt_tokens
-        layers = d["llm_decoder_layers"]
-        cache = 2 * layers * rows * (enc_s + new) * hl * e + rows * enc_s * hl * e  # self + cross K/V, encoder out
-        prefill = rows * enc_s * e * (4 * hl + 2 * fl) + rows * heads * enc_s * enc_s * e
-    else:
-        seq = llm_q + shape.prompt_tokens + new
-        cache = 2 * d["llm_layers"] * rows * seq * hl * e + rows * (llm_q + shape.prompt_tokens) * hl * e
-        prefill_s = llm_q + shape.prompt_tokens
-        prefill = rows * prefill_s * e * (4 * hl + 2 * fl)
-        if device == "cpu" or spec.family == "t5":
-            prefill += rows * heads * prefill_s * prefill_s * e
-    return max(vit, cache + prefill + scores)
+    return max(_frozen_vit_layer(spec, b * t, e, device), cache + prefill + scores)
 
 
 def shape_is_t5(spec: ModelSpec) -> bool:
