@@ -63,12 +63,14 @@ class ListLoader:
 
 
 def worker(args) -> None:
+    import torch
     import torch.distributed as dist
     import tqdm as tqdm_module
 
     import ds_videocap.loop as loop
     from ds_videocap.ce import ce_step
-    from ds_videocap.train import Run
+    from ds_videocap.data import SkipTracker
+    from ds_videocap.engine import compute_dtype
 
     overrides = [f"ce.micro_batch={args.micro}", f"ce.log_every={args.log_every}", "ce.eval_every=0",
                  "ce.save_every=0", "ce.warmup_steps=100"]
@@ -76,8 +78,10 @@ def worker(args) -> None:
     model = engine.module
     batches = fake_batches(cfg, args.batches, args.micro, seed=0, rank=rank)
     encoded = [model.encode_text(b["captions"]) for b in batches]
-    run = Run(cfg, engine, ds, rank, world, {"train": [], "val": [], "test": []}, None)
-    run.save = lambda *a, **k: None
+    log = []
+    run = loop.StepContext(engine=engine, rank=rank, world=world, device=engine.device, dtype=compute_dtype(ds),
+                           frame_shape=(cfg.data.frames, cfg.data.image_size), skips=SkipTracker(1.0),
+                           log=log.append)
 
     # ---- timing wrappers (a perf_counter pair per call: ~1 us) ----
     spent = {p: 0.0 for p in PIECES}
@@ -95,11 +99,11 @@ def worker(args) -> None:
     engine.backward = timed("backward", engine.backward)
     engine.step = timed("step", engine.step)
     model.encode_text = timed("encode_text", model.encode_text)
-    run.check_finite = timed("check_finite", run.check_finite)
+    loop.any_rank = timed("check_finite", loop.any_rank)
     run.skips.add = timed("skips", run.skips.add)
     run.skips.merge_ranks = timed("skips", run.skips.merge_ranks)
     loop.set_lr = timed("set_lr", loop.set_lr)
-    loop._log = timed("log", loop._log)
+    run.log = timed("log", run.log)
     tq = tqdm_module.tqdm
     tq.update = timed("tqdm", tq.update)
     tq.set_postfix = timed("tqdm", tq.set_postfix)
@@ -113,7 +117,7 @@ def worker(args) -> None:
 
     def fit_block(n):
         phase = loop.Phase("ce", cfg.ce, ce_step, loader, sampler, min(state.step + n, total_planned))
-        return loop.fit(run, phase, state)
+        return loop.fit(run, phase, state, validate=lambda *a: None, save=lambda *a: None)
 
     def bare_block(n):
         for _ in range(n):
@@ -128,7 +132,7 @@ def worker(args) -> None:
             i = cursor[0] % len(batches)
             cursor[0] += 1
             loss = engine(batches[i]["pixel_values"], **encoded[i])
-            run.check_finite(loss.detach())
+            loop.any_rank(not bool(torch.isfinite(loss.detach()).all()))
             engine.backward(loss)
             engine.step()
 

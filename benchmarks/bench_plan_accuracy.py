@@ -63,7 +63,7 @@ def write_folders(root: Path) -> dict:
 
 
 def recipe_for(folder: Path, image: int, overrides: list[str]):
-    from ds_videocap.config import load_recipe
+    from ds_videocap.recipe_io import load_recipe
     # the synth recipe trains everything; each case states what it trains on top of a frozen base
     return load_recipe("synth", [f"model.path={folder}", "model.tiny=null", "model.frame_embedding=false",
                                  "model.llm=frozen", "model.vit=frozen", "scst.steps=0",

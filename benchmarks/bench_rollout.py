@@ -57,7 +57,7 @@ def worker(args) -> None:
     import torch
     import torch.distributed as dist
 
-    from ds_videocap.engine import generation_context
+    from ds_videocap.generation import generation_context
     from ds_videocap import scst
     from ds_videocap.scst import rollout
 

@@ -120,9 +120,10 @@ def worker_setup(model_dir: str, out: str, ds_json: str, overrides: list[str], m
     """init_distributed + the train path's model and engine (the synth recipe, all parts trained).
     `out` must be the same folder on every rank (the parent makes it); zero_overrides update the
     JSON's zero_optimization section; probe(label) is called once the model is built."""
-    from ds_videocap.config import load_recipe
-    from ds_videocap.engine import adapt_ds_config, build_optimizer, init_distributed, initialize, read_ds_config
-    from ds_videocap.setup import prepare_model
+    from ds_videocap.recipe_io import load_recipe
+    from ds_videocap.engine import adapt_ds_config, init_distributed, initialize, read_ds_config
+    from ds_videocap.optim import build_optimizer
+    from ds_videocap.prepare import prepare_model
 
     rank, world = init_distributed()
     cfg = load_recipe("synth", [f"model.path={model_dir}", "model.tiny=null", f"output_dir={out}", *overrides])
@@ -130,7 +131,7 @@ def worker_setup(model_dir: str, out: str, ds_json: str, overrides: list[str], m
     raw.setdefault("zero_optimization", {}).update(zero_overrides or {})
     ds = adapt_ds_config(raw, micro_batch if micro_batch is not None else cfg.ce.micro_batch, out,
                          say=lambda *_: None)
-    model = prepare_model(cfg, ds, rank, say=lambda *_: None)
+    cfg, model = prepare_model(cfg, ds, rank, say=lambda *_: None)
     if probe:
         probe("model built")
     engine = initialize(model, build_optimizer(model, ds, cfg.ce.lr, cfg.ce.weight_decay, cfg.ce.betas), ds)

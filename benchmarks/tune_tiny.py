@@ -61,7 +61,7 @@ def pick_frames(frames: np.ndarray, idx: np.ndarray, T: int, rng, train: bool) -
 
 def build(args):
     from ds_videocap.build import build_model, build_tiny_folder
-    from ds_videocap.config import load_recipe
+    from ds_videocap.recipe_io import load_recipe
 
     folder = Path(tempfile.mkdtemp(prefix="tune_tiny_"))
     kw = dict(image_size=32, seed=args.seed)
@@ -196,7 +196,7 @@ def main():
     n_params = sum(p.numel() for p in model.parameters())
     emit(args, {"event": "config", "params": n_params, **{k: (str(v) if isinstance(v, Path) else v)
                                                            for k, v in vars(args).items()}})
-    from ds_videocap.engine import lr_at
+    from ds_videocap.optim import lr_at
 
     rng = np.random.default_rng(args.seed)
     if args.load:
@@ -238,7 +238,7 @@ def main():
 
 
 def run_scst(args, model, train_clips, train_frames, val_clips, val_frames, refs, rng):
-    from ds_videocap.engine import lr_at
+    from ds_videocap.optim import lr_at
     from ds_videocap.reward import CiderD
     from ds_videocap.scst import compute_baseline, policy_loss
 

@@ -15,7 +15,7 @@ from typing import Optional
 
 from .errors import UserError
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov")
 FORMATS = ("lavis", "msrvtt", "msvd", "vatex", "jsonl")
 # MSR-VTT says "validate", VATEX files say "validation": one name for the rest of the pipeline.
 _SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
@@ -44,7 +44,10 @@ def normalize_split(name) -> Optional[str]:
 
 def resolve_video(name: str, videos_root=None) -> str:
     """Join `name` to the videos root; when it has no video extension, try each one on disk."""
-    path = Path(str(name)).expanduser()
+    try:
+        path = Path(str(name)).expanduser()
+    except (RuntimeError, ValueError):  # "~name" with no user of that name (or a NUL byte): a file name
+        path = Path(str(name))
     if videos_root is not None and not path.is_absolute():
         path = Path(videos_root) / path
     if path.suffix.lower() in VIDEO_EXTENSIONS or path.is_file():

@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .engine import compute_dtype, zero_stage
 from .errors import UserError
-from .trainable import count_parameters  # noqa: F401  (re-exported: build is the public door)
-from .export import ADAPTER_DIR, CLIP_MEAN, CLIP_STD, EXTRA_JSON, read_extras, write_preprocessor_config
+from .export import ADAPTER_DIR, EXTRA_JSON, read_extras, write_preprocessor_config
+from .model import MAX_FRAMES, VideoCaptioner
+from .trainable import apply_trainable, count_parameters
+from .video import CLIP_MEAN, CLIP_STD
 
 DEFAULT_PROMPTS = {"t5": "a video of", "opt": "", "llama": "a video of"}
-LORA_TARGETS = {"t5": ["q", "v"], "opt": ["q_proj", "v_proj"], "llama": ["q_proj", "v_proj"]}
-MAX_FRAMES = 64
 TINY_INIT_STD = 0.5  # DESIGN.md: with std 0.02 a from-scratch ViT never learns shape or motion
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -23,7 +24,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.j
 
 
 # ----- tiny folders ------------------------------------------------------------------------------
-def _tiny_text_config(family: str, vocab: int, hidden: int, layers: int, tok) -> dict:
+def tiny_text_config(family: str, vocab: int, hidden: int, layers: int, tok) -> dict:
     ids = dict(vocab_size=vocab, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     if family == "t5":
         return dict(model_type="t5", d_model=hidden, d_kv=hidden // 4, d_ff=hidden * 4, num_layers=layers,
@@ -66,7 +67,7 @@ def build_tiny_folder(family: str, tokenizer_dir: str | Path, out_dir: str | Pat
     qformer = dict(hidden_size=qformer_hidden, num_hidden_layers=qformer_layers, num_attention_heads=4,
                    intermediate_size=qformer_hidden * 4, encoder_hidden_size=vision_hidden,
                    cross_attention_frequency=1, vocab_size=vocab, pad_token_id=tok.pad_token_id)
-    text = _tiny_text_config(family, vocab, llm_hidden, llm_layers, tok)
+    text = tiny_text_config(family, vocab, llm_hidden, llm_layers, tok)
     config_cls, model_cls = ((InstructBlipConfig, InstructBlipForConditionalGeneration) if family == "llama"
                              else (Blip2Config, Blip2ForConditionalGeneration))
     config = config_cls(vision_config=vision, qformer_config=qformer, text_config=text,
@@ -115,18 +116,26 @@ def read_family(config) -> str:
     return "opt" if config.text_config.model_type == "opt" else "llama"
 
 
-def zero_stage(ds_config: dict | None) -> int:
-    return int(((ds_config or {}).get("zero_optimization") or {}).get("stage", 0))
+def read_family_of_folder(folder) -> str | None:
+    """The LLM family of a Hugging Face BLIP-2 / InstructBLIP folder (None when unreadable)."""
+    try:
+        return read_family(_auto_config(Path(folder)))
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None
 
 
-def compute_dtype(ds_config: dict | None):
-    import torch
-    ds = ds_config or {}
-    if (ds.get("bf16") or {}).get("enabled"):
-        return torch.bfloat16
-    if (ds.get("fp16") or {}).get("enabled"):
-        return torch.float16
-    return torch.float32
+def _auto_config(folder: Path):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(folder, local_files_only=True)
+
+
+def quant_refusal(quant: str | None, stage: int) -> str | None:
+    """Why model.quant cannot run at this ZeRO stage, or None (the run check and the planner ask)."""
+    if quant == "8bit" and stage == 3:
+        return ("model.quant=8bit does not work with ZeRO-3 (int8 weights cannot be partitioned): use "
+                "model.quant=4bit (QLoRA) with ZeRO-3, or a ZeRO stage 0-2 DeepSpeed JSON")
+    return None
 
 
 def quantization_config(quant: str | None, stage: int, dtype, quant_storage=None):
@@ -136,10 +145,10 @@ def quantization_config(quant: str | None, stage: int, dtype, quant_storage=None
     from transformers import BitsAndBytesConfig
 
     skip = ["vision_model", "qformer", "query_tokens", "language_projection", "language_model.lm_head"]
+    refusal = quant_refusal(quant, stage)
+    if refusal:
+        raise UserError(refusal)
     if quant == "8bit":
-        if stage == 3:
-            raise UserError("model.quant=8bit does not work with ZeRO-3 (int8 weights cannot be partitioned): "
-                            "use model.quant=4bit (QLoRA) with ZeRO-3, or a ZeRO stage 0-2 DeepSpeed JSON")
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     if quant != "4bit":
         raise UserError(f"model.quant must be 8bit, 4bit or empty, got {quant!r}")
@@ -198,18 +207,14 @@ def build_model(model_cfg, lora_cfg, ds_config: dict | None = None):
     Side files from save_hf_folder (videocap.json) take precedence over model_cfg for fusion,
     prompt, qformer_text and the frame embedding: they describe how the weights were trained.
     """
-    from transformers import (AutoConfig, AutoTokenizer, Blip2ForConditionalGeneration,
-                              InstructBlipForConditionalGeneration)
-
-    from .model import VideoCaptioner
-    from .trainable import apply_trainable
+    from transformers import AutoTokenizer, Blip2ForConditionalGeneration, InstructBlipForConditionalGeneration
 
     if not model_cfg.path:
         raise UserError("model.path must name a Hugging Face folder (for model.tiny, build_tiny_folder first)")
     folder = check_folder(model_cfg.path)
     stage, dtype = zero_stage(ds_config), compute_dtype(ds_config)
     qcfg = quantization_config(model_cfg.quant, stage, dtype)
-    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    config = _auto_config(folder)
     classes = {"blip-2": Blip2ForConditionalGeneration, "instructblip": InstructBlipForConditionalGeneration}
     if config.model_type not in classes:
         raise UserError(f"{folder / 'config.json'}: model_type must be blip-2 or instructblip, "
@@ -239,14 +244,15 @@ def build_model(model_cfg, lora_cfg, ds_config: dict | None = None):
     prompt = meta.get("prompt", model_cfg.prompt if model_cfg.prompt is not None else DEFAULT_PROMPTS[family])
     if qformer_text and not prompt:
         raise UserError("model.qformer_text needs a non-empty model.prompt (the instruction)")
+    image_size, image_mean, image_std = _read_image_settings(folder)
     model = VideoCaptioner(
         hf, tokenizer, family, fusion=meta.get("fusion", model_cfg.fusion), prompt=prompt,
         frame_embedding=_frame_embedding(model_cfg, meta, tensors, config.vision_config.hidden_size),
-        max_txt_len=model_cfg.max_txt_len, qformer_tokenizer=qformer_tokenizer, qformer_text=qformer_text)
+        max_txt_len=model_cfg.max_txt_len, qformer_tokenizer=qformer_tokenizer, qformer_text=qformer_text,
+        image_size=model_cfg.image_size or image_size, image_mean=image_mean, image_std=image_std,
+        frames=meta.get("frames"))
     adapter = folder / meta["lora_adapter"] if meta.get("lora_adapter") else None
     apply_trainable(model, model_cfg, lora_cfg, adapter_dir=adapter)
-    model.image_size, model.image_mean, model.image_std = _read_image_settings(folder)
-    model.image_size = input_size(model, model_cfg)
     model.ds_keepalive = ds_keepalive
     return model
 
@@ -279,4 +285,4 @@ def image_settings(model_or_folder) -> tuple[int, tuple, tuple]:
 
 
 __all__ = ["build_model", "build_tiny_folder", "image_settings", "input_size", "check_folder",
-           "quantization_config", "count_parameters", "ADAPTER_DIR"]
+           "quantization_config", "quant_refusal", "count_parameters", "ADAPTER_DIR"]

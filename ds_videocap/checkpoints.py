@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .engine import barrier, rank_and_world
 from .errors import UserError
 
 COMPLETE = "COMPLETE"
@@ -36,21 +37,19 @@ def _set_rng_state(state: dict) -> None:
 def save_checkpoint(engine, ckpt_root: Path, tag: str, client_state: dict, keep_last: int,
                     protect: tuple[str, ...] = ()) -> Path:
     """All ranks call this. Writes shards, per-rank RNG, then the COMPLETE marker, then prunes."""
-    import torch.distributed as dist
-
     ckpt_root = Path(ckpt_root)
-    rank = dist.get_rank()
+    rank = rank_and_world()[0]
     engine.save_checkpoint(str(ckpt_root), tag=tag, client_state={"client": client_state})
     folder = ckpt_root / tag
     torch.save(_rng_state(), folder / f"rng_rank{rank}.pt")
-    dist.barrier()
+    barrier()
     if rank == 0:
         # Written last, atomically: its presence means every rank finished writing.
         tmp = folder / (COMPLETE + ".tmp")
         tmp.write_text(json.dumps(client_state, indent=1, default=str))
         tmp.replace(folder / COMPLETE)
         prune_checkpoints(ckpt_root, keep_last, protect=protect + (tag,))
-    dist.barrier()
+    barrier()
     return folder
 
 
@@ -93,15 +92,13 @@ def find_resume(output_dir: Path, resume: str | None) -> Path | None:
 
 def load_checkpoint(engine, folder: Path, with_optimizer: bool = True) -> dict:
     """Restore weights (and optimizer) from a checkpoint folder; returns our client state."""
-    import torch.distributed as dist
-
     folder = Path(folder)
     _, client = engine.load_checkpoint(str(folder.parent), tag=folder.name,
                                        load_optimizer_states=with_optimizer,
                                        load_lr_scheduler_states=False,
                                        load_module_only=not with_optimizer)
     state = json.loads((folder / COMPLETE).read_text())
-    rng = folder / f"rng_rank{dist.get_rank()}.pt"
+    rng = folder / f"rng_rank{rank_and_world()[0]}.pt"
     if with_optimizer and rng.is_file():
         _set_rng_state(torch.load(rng, weights_only=False))
     return state

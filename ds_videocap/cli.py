@@ -56,6 +56,9 @@ def _add_decode_options(p) -> None:
     p.add_argument("--min-new-tokens", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--frames", type=int, default=None)
+    p.add_argument("--device", default=None,
+                   help="where the model runs, e.g. cpu or cuda:1 (default: this rank's GPU when there is one, "
+                        "else the CPU)")
 
 
 def _add_tools(sub) -> None:
@@ -109,7 +112,7 @@ def _dispatch(args) -> int:
         from .evaluate import caption_command
         return caption_command(args)
     if args.cmd == "export":
-        from .export import export_command
+        from .evaluate import export_command
         return export_command(args)
     if args.cmd == "report":
         from .report import report_command
@@ -121,15 +124,6 @@ def _dispatch(args) -> int:
         from .lavis import import_command
         return import_command(args)
     raise AssertionError(args.cmd)
-
-
-def print_json(args, payload, indent: int | None = None) -> None:
-    """The JSON a `--json` command prints, on the standard output main() kept aside for it."""
-    import json
-
-    out = getattr(args, "json_out", None) or sys.stdout
-    out.write(json.dumps(payload, indent=indent) + "\n")
-    out.flush()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Recipe configuration: nested dataclasses, YAML recipes, dotted overrides, one validation pass.
+"""Recipe configuration: nested dataclasses (every field documented under it) and one validation pass.
 
 The recipe owns the ML (model, data, lr, schedule, SCST); the DeepSpeed JSON owns the system
 (ZeRO stage, offload, precision, micro-batch, accumulation). Every cross-field rule lives in
@@ -7,12 +7,9 @@ The recipe owns the ML (model, data, lr, schedule, SCST); the DeepSpeed JSON own
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
-
-import yaml
+from typing import Optional
 
 from .errors import UserError
 
@@ -143,6 +140,9 @@ class SCSTCfg:
     """Divide each sample's log-prob sum by its length."""
     ce_weight: float = 0.0
     """Mix in this much cross-entropy loss."""
+    reset_optimizer: bool = True
+    """Entering SCST after CE in the same run: start from fresh Adam moments (as a separate SCST run
+    from a CE checkpoint does); false keeps CE's moments. Weight decay and betas are SCST's either way."""
     gather_for_generation: bool = True
     """ZeRO-3: gather parameters once per rollout (False: per-layer synced generation)."""
     eval_every: int = 0
@@ -200,87 +200,6 @@ CHOICES = {
     "model.quant": (None, "8bit", "4bit"),
     "scst.baseline": ("mean_others", "greedy", "beam_mean"),
 }
-
-
-def list_recipes() -> list[str]:
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
-
-
-def _merge(obj: Any, values: dict, where: str, source: str) -> None:
-    names = {f.name: f for f in dataclasses.fields(obj)}
-    for key, value in values.items():
-        dotted = f"{where}{key}"
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f" (did you mean '{where}{close[0]}'?)" if close else ""
-            raise ConfigError(f"{source}: unknown field '{dotted}'{hint}")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{source}: field '{dotted}' must be a mapping, got {value!r}")
-            _merge(current, value, dotted + ".", source)
-        else:
-            setattr(obj, key, _coerce(value, current, names[key], dotted, source))
-
-
-def _coerce(value: Any, current: Any, f: dataclasses.Field, dotted: str, source: str) -> Any:
-    """Check a value against the field's declared type; YAML gives ints where floats are meant."""
-    kind = str(f.type)
-    if value is None:
-        if "Optional" in kind:
-            return None
-        raise ConfigError(f"{source}: field '{dotted}' may not be empty")
-    expect = {"int": int, "float": float, "bool": bool, "str": str, "list": list}
-    for name, typ in expect.items():
-        if kind in (name, f"Optional[{name}]"):
-            if typ is float and isinstance(value, int) and not isinstance(value, bool):
-                return float(value)
-            if typ is float and isinstance(value, str):  # YAML 1.1 reads "2e-4" as a string
-                try:
-                    return float(value)
-                except ValueError:
-                    pass
-            if typ is not bool and isinstance(value, bool) or not isinstance(value, typ):
-                raise ConfigError(f"{source}: field '{dotted}' expects {name}, got {value!r}")
-            return value
-    return value
-
-
-def _parse_override(text: str) -> tuple[list[str], Any]:
-    if "=" not in text:
-        raise ConfigError(f"override '{text}': expected key=value, e.g. ce.lr=1e-5")
-    key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else None
-    if isinstance(value, str) and value.lower() in ("none", "null"):
-        value = None
-    return key.strip().split("."), value
-
-
-def load_recipe(name_or_path: str, overrides: list[str] = ()) -> RecipeCfg:
-    """Read a shipped recipe by name, or a YAML file, then apply `key=value` overrides."""
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml") and not path.is_file():
-        path = RECIPES_DIR / f"{name_or_path}.yaml"  # a shipped recipe (names may hold dots: opt2.7b)
-    if not path.is_file():
-        raise ConfigError(f"recipe '{name_or_path}' not found: give a YAML file or one of {list_recipes()}")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: a recipe is a mapping of fields, got {type(values).__name__}")
-    cfg = RecipeCfg(name=path.stem)
-    _merge(cfg, values, "", str(path))
-    for text in overrides:
-        keys, value = _parse_override(text)
-        nested: Any = value
-        for k in reversed(keys):
-            nested = {k: nested}
-        _merge(cfg, nested, "", f"override '{text}'")
-    if cfg.output_dir is None:
-        cfg.output_dir = str(Path("runs") / cfg.name)
-    validate(cfg)
-    return cfg
 
 
 def validate(cfg: RecipeCfg) -> None:
@@ -350,15 +269,3 @@ def validate(cfg: RecipeCfg) -> None:
 
 def as_dict(cfg: RecipeCfg) -> dict:
     return dataclasses.asdict(cfg)
-
-
-def save_config(cfg: RecipeCfg, path: Path) -> None:
-    Path(path).write_text(yaml.safe_dump(as_dict(cfg), sort_keys=False))
-
-
-def load_saved_config(path: Path) -> RecipeCfg:
-    """Read a resolved config.yaml written by save_config (no overrides, no defaults filled)."""
-    values = yaml.safe_load(Path(path).read_text())
-    cfg = RecipeCfg()
-    _merge(cfg, values, "", str(path))
-    return cfg

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from .captions import normalize_caption
+from .engine import gather_objects
 from .errors import UserError
 from .video import VideoDecodeError, frames_to_tensor, read_frames
 
@@ -246,12 +247,7 @@ class SkipTracker:
     def merge_ranks(self) -> None:
         """Give every rank the union of all ranks' skipped videos (a collective: every rank calls it).
         Each rank decodes its own shard, and rank 0 alone writes summary.json."""
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return
-        parts = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, self.all_skipped)
+        parts = gather_objects(self.all_skipped)
         self.all_skipped = list({s["video"]: s for part in parts for s in part}.values())
 
     def _fail(self, total: int) -> None:
@@ -261,3 +257,11 @@ class SkipTracker:
         raise UserError(f"{len(self.epoch_skipped)} of {total} videos skipped this epoch, more than "
                         f"data.max_skipped_fraction={self.max_fraction:g} (run `ds-videocap data check`); "
                         f"e.g. {examples}")
+
+
+def blank_batch(frames: int, image_size: int) -> dict:
+    """A zero-weight stand-in for a rank that has no decodable video to offer but must keep step with
+    the others' collectives (training with every video of a micro-batch skipped, or a decode shard
+    that ran out first under per-layer synced ZeRO-3 generation)."""
+    return {"pixel_values": torch.zeros(1, frames, 3, image_size, image_size), "video_ids": [], "videos": [],
+            "indices": [], "captions": [""], "references": [[""]], "skipped": []}

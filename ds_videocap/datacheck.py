@@ -15,8 +15,8 @@ from pathlib import Path
 
 from .annotations import detect_format, read_annotations
 from .captions import normalize_caption
-from .cli import print_json
 from .errors import UserError
+from .output import print_json
 
 CHECK_SIZE = 224
 CHECK_TIMEOUT_S = 60.0

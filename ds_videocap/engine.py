@@ -1,14 +1,20 @@
-"""DeepSpeed: the JSON config, the optimizer, initialize, the learning-rate schedule, generation.
+"""DeepSpeed and torch.distributed: the JSON's facts, process start and end, collectives, initialize.
 
 The JSON owns the system (ZeRO stage, offload, precision, clipping, micro-batch, accumulation,
 monitors); this file reads and checks it, adapts precision to the machine, and builds the engine.
-Checkpoints live in checkpoints.py, which is the only other file that touches deepspeed.
+Every fact the package needs from the JSON (zero_stage, optimizer_offloaded, compute_dtype) is read
+here and nowhere else.
+
+Every torch.distributed collective of the package goes through the helpers below (any_rank,
+broadcast_float, sum_over_ranks, gather_objects, barrier). They put tensors on the accelerator's
+current device: NCCL refuses CPU tensors ("No backend type associated with device type cpu"), gloo
+takes them, so code that calls dist.* directly passes every CPU test and fails on the first GPU run.
+Outside a distributed run they return this process's own value.
 """
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -18,6 +24,7 @@ import torch
 from .errors import UserError
 
 OFFLOAD_DEVICES = ("cpu", "none", "nvme")
+CPU_BF16_ENV = "DS_VIDEOCAP_CPU_BF16"
 
 
 def _walk(value, path=""):
@@ -71,11 +78,17 @@ def read_ds_config(path: str | Path) -> dict:
 
 
 def zero_stage(ds_config: dict | None) -> int:
-    return (ds_config or {}).get("zero_optimization", {}).get("stage", 0)
+    return int(((ds_config or {}).get("zero_optimization") or {}).get("stage", 0))
 
 
-def optimizer_offloaded(ds_config: dict) -> bool:
-    return ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none") != "none"
+def optimizer_offloaded(ds_config: dict | None) -> bool:
+    zero = (ds_config or {}).get("zero_optimization") or {}
+    return (zero.get("offload_optimizer") or {}).get("device", "none") != "none"
+
+
+def param_offloaded(ds_config: dict | None) -> bool:
+    zero = (ds_config or {}).get("zero_optimization") or {}
+    return (zero.get("offload_param") or {}).get("device", "none") != "none"
 
 
 def adapt_ds_config(ds_config: dict, micro_batch: int | None, output_dir: str | Path, say=print) -> dict:
@@ -86,8 +99,12 @@ def adapt_ds_config(ds_config: dict, micro_batch: int | None, output_dir: str | 
         cfg["train_micro_batch_size_per_gpu"] = micro_batch
     if not torch.cuda.is_available():
         # fp16 has no CPU kernels in DeepSpeed; bf16 runs but is slow without AMX and loses precision
-        # on tiny models, so a CPU-only machine trains in fp32 and says so.
+        # on tiny models, so a CPU-only machine trains in fp32 and says so. DS_VIDEOCAP_CPU_BF16=1 keeps
+        # bf16 on the CPU: the tests use it to catch dtype mismatches before a GPU run does.
+        keep_bf16 = os.environ.get(CPU_BF16_ENV) == "1"
         for key in ("fp16", "bf16"):
+            if key == "bf16" and keep_bf16:
+                continue
             if cfg.get(key, {}).get("enabled"):
                 cfg[key]["enabled"] = False
                 say(f"[engine] no GPU: {source} asks for {key}; training in fp32 on the CPU instead")
@@ -103,10 +120,12 @@ def adapt_ds_config(ds_config: dict, micro_batch: int | None, output_dir: str | 
     return cfg
 
 
-def compute_dtype(ds_config: dict) -> torch.dtype:
-    if ds_config.get("bf16", {}).get("enabled"):
+def compute_dtype(ds_config: dict | None) -> torch.dtype:
+    """The dtype the model's weights and inputs take under this JSON (after adapt_ds_config)."""
+    ds = ds_config or {}
+    if (ds.get("bf16") or {}).get("enabled"):
         return torch.bfloat16
-    if ds_config.get("fp16", {}).get("enabled"):
+    if (ds.get("fp16") or {}).get("enabled"):
         return torch.float16
     return torch.float32
 
@@ -114,12 +133,14 @@ def compute_dtype(ds_config: dict) -> torch.dtype:
 def init_distributed() -> tuple[int, int]:
     import deepspeed
 
+    if torch.cuda.is_available():
+        # Before the first collective: NCCL runs each rank's collectives on its current device.
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     deepspeed.init_distributed(dist_backend=backend)
-    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    _unlink_shm_buffers(rank)
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    rank, world = rank_and_world()
+    if not torch.cuda.is_available():
+        _unlink_shm_buffers(rank)
     return rank, world
 
 
@@ -136,10 +157,8 @@ def exit_distributed(code: int, wait_for_peers: bool = True) -> None:
     """
     import logging
 
-    import torch.distributed as dist
-
-    if wait_for_peers and dist.is_initialized():
-        dist.barrier()
+    if wait_for_peers:
+        barrier()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
@@ -156,49 +175,80 @@ def _unlink_shm_buffers(rank: int) -> None:
     """
     import glob
 
-    torch.distributed.barrier()
+    barrier()
     addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
     for path in glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_*_{addr}_{port}_{rank}"):
         with contextlib.suppress(OSError):
             os.unlink(path)
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Trainable parameters only; no weight decay on biases, norms and embeddings of size 1 dim."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        ndim = len(getattr(p, "ds_shape", p.shape))
-        if ndim < 2 or "norm" in name.lower() or name.endswith(".bias"):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    if not decay and not no_decay:
-        raise UserError("the model has no trainable parameters: check model.llm / model.vit and LoRA settings")
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+# ----- collectives ---------------------------------------------------------------------------------
+def _dist():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
 
 
-def build_optimizer(model, ds_config: dict, lr: float, weight_decay: float, betas) -> torch.optim.Optimizer:
-    groups = param_groups(model, weight_decay)
-    if optimizer_offloaded(ds_config):
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
-
-        return DeepSpeedCPUAdam(groups, lr=lr, betas=tuple(betas), adamw_mode=True)
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
+def rank_and_world() -> tuple[int, int]:
+    dist = _dist()
+    return (dist.get_rank(), dist.get_world_size()) if dist else (0, 1)
 
 
-def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float:
-    """Linear warm-up from 0 to lr over `warmup` steps, then cosine from lr down to min_lr at `total`."""
-    if warmup and step < warmup:
-        return lr * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
+def world_size() -> int:
+    return rank_and_world()[1]
 
 
-def set_lr(engine, lr: float) -> None:
-    for group in engine.optimizer.param_groups:
-        group["lr"] = lr
+def collective_device() -> torch.device:
+    """Where collective tensors live: the accelerator's current device (cuda:LOCAL_RANK under NCCL)."""
+    from deepspeed.accelerator import get_accelerator
+
+    return torch.device(get_accelerator().current_device_name())
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when `flag` is true on at least one (every rank must call it)."""
+    dist = _dist()
+    if dist is None:
+        return bool(flag)
+    value = torch.tensor([1.0 if flag else 0.0], device=collective_device())
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value.item() > 0
+
+
+def broadcast_float(value: float, src: int = 0) -> float:
+    """Rank `src`'s value on every rank."""
+    dist = _dist()
+    if dist is None:
+        return float(value)
+    tensor = torch.tensor([float(value)], dtype=torch.float64, device=collective_device())
+    dist.broadcast(tensor, src)
+    return tensor.item()
+
+
+def sum_over_ranks(values: list[float]) -> list[float]:
+    """Element-wise sum of every rank's list (same length on every rank)."""
+    dist = _dist()
+    if dist is None or not values:
+        return [float(v) for v in values]
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=collective_device())
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def gather_objects(obj) -> list:
+    """Every rank's picklable `obj`, in rank order, on every rank."""
+    dist = _dist()
+    if dist is None:
+        return [obj]
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, obj)  # pickles through tensors on the current device (set at init)
+    return parts
+
+
+def barrier() -> None:
+    dist = _dist()
+    if dist is not None:
+        dist.barrier()
 
 
 def initialize(model, optimizer, ds_config: dict):
@@ -208,92 +258,3 @@ def initialize(model, optimizer, ds_config: dict):
     return engine
 
 
-@contextlib.contextmanager
-def generation_context(engine, gather: bool = True):
-    """Eval mode and no grad for rollouts and decoding; yields (model, synced_gpus).
-
-    Under ZeRO-3 the parameters are gathered once for the whole rollout (one all-gather instead of
-    one per layer per generated token); with gather=False each rank fetches layer by layer, and
-    generate() must run with synced_gpus so that ranks finishing early keep serving the others.
-    """
-    was_training = engine.module.training
-    engine.module.eval()
-    try:
-        with torch.no_grad():
-            if engine.zero_optimization_stage() == 3 and gather:
-                with _gathered(engine), _zero3_hooks_off(engine):
-                    yield engine.module, False
-            elif engine.zero_optimization_stage() == 3:
-                yield _EngineGenerator(engine), torch.distributed.get_world_size() > 1
-            else:
-                yield engine.module, False
-    finally:
-        engine.module.train(was_training)
-
-
-@contextlib.contextmanager
-def _gathered(engine):
-    """Every ZeRO-3 parameter whole on every rank for the block, then partitioned again.
-
-    DeepSpeed's unwrap_model_for_generation gathers through GatheredParameters, which launches one
-    all-gather per parameter (124 for the tiny OPT): on CPU/gloo that latency was two thirds of a whole
-    rollout. all_gather_coalesced (ZeRO-3's own fetch path) packs a bucket of partitions into one flat
-    all-gather; buckets of stage3_prefetch_bucket_size elements bound the transient flat buffer.
-    """
-    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
-
-    params = [p for p in engine.module.parameters() if p.ds_status == ZeroParamStatus.NOT_AVAILABLE]
-    bucket_size = max(1, int(engine.zero_prefetch_bucket_size()))
-    bucket, bucket_numel = [], 0
-    for param in params:
-        bucket.append(param)
-        bucket_numel += param.ds_numel
-        if bucket_numel >= bucket_size:
-            bucket[0].all_gather_coalesced(bucket).wait()
-            bucket, bucket_numel = [], 0
-    if bucket:
-        bucket[0].all_gather_coalesced(bucket).wait()
-    try:
-        yield
-    finally:
-        if params:
-            params[0].partition(param_list=params, has_been_updated=False)
-
-
-@contextlib.contextmanager
-def _zero3_hooks_off(engine):
-    """ZeRO-3's per-module fetch/release hooks taken out of their modules' hook dicts for the block.
-
-    With every parameter gathered they would only cost time (and release parameters after each module).
-    unwrap_model_for_generation removes them and re-registers afresh, which also invalidates the
-    prefetch trace so that the next training step runs untraced; putting the same hooks back, in their
-    original order, keeps both.
-    """
-    offload = getattr(engine.optimizer, "parameter_offload", None) or engine.optimizer
-    handles = [*offload.forward_hooks, *offload.backward_hooks, offload.fwd_pre_hook]
-    saved = {}
-    for handle in handles:
-        hooks = handle.hooks_dict_ref()
-        if hooks is not None and handle.id in hooks:
-            saved.setdefault(id(hooks), (hooks, hooks.copy()))
-            del hooks[handle.id]
-    try:
-        yield
-    finally:
-        for hooks, original in saved.values():
-            hooks.clear()
-            hooks.update(original)
-
-
-class _EngineGenerator:
-    """generate() through the engine's forward, where ZeRO-3 fetches each layer's parameters
-    (including those a module owns directly, like the query tokens) as the layer runs."""
-
-    def __init__(self, engine):
-        self.engine, self.module = engine, engine.module
-
-    def generate(self, pixel_values, **kwargs):
-        return self.engine(pixel_values, generate_kwargs=kwargs)
-
-    def decode(self, sequences):
-        return self.module.decode(sequences)

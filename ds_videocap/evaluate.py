@@ -14,10 +14,18 @@ from pathlib import Path
 
 import torch
 
-from .cli import print_json
+from .annotations import VIDEO_EXTENSIONS, Clip, read_annotations
+from .build import build_model, image_settings
+from .checkpoints import COMPLETE, complete_checkpoints, read_full_state_dict
+from .config import ModelCfg, RecipeCfg
+from .recipe_io import load_saved_config
+from .data import VideoCaptionDataset, blank_batch, collate_clips, shard_indices
+from .engine import gather_objects, init_distributed, rank_and_world
 from .errors import UserError
-
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov")
+from .export import read_extras, save_hf_folder
+from .metrics import score_captions, write_results
+from .output import print_json
+from .synth import attribute_accuracy
 
 
 def decode_kwargs(eval_cfg, greedy: bool = False) -> dict:
@@ -26,22 +34,16 @@ def decode_kwargs(eval_cfg, greedy: bool = False) -> dict:
                 repetition_penalty=eval_cfg.repetition_penalty)
 
 
-def _dist() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 def decode_clips(model_context, clips, data_cfg, gen_kwargs: dict, batch_size: int,
-                 device="cpu", dtype=torch.float32) -> tuple[dict, list]:
+                 device=None, dtype=None) -> tuple[dict, list]:
     """Captions for `clips` -> ({video_id: caption}, skipped) on every rank.
 
     `model_context` is a context manager yielding (model, synced_gpus): the engine's generation
-    context in training, or a plain model wrapped by `plain_context`.
+    context in training, or a plain model wrapped by `plain_context`. Frames go to `device` as
+    `dtype`, by default the ViT's own (so a model on a GPU, or loaded quantised onto one, gets its
+    inputs there).
     """
-    from .data import VideoCaptionDataset, collate_clips, shard_indices
-
-    rank, world = _dist()
+    rank, world = rank_and_world()
     shard = shard_indices(len(clips), rank, world)
     dataset = VideoCaptionDataset(clips, data_cfg, train=False, seed=0)
     subset = torch.utils.data.Subset(dataset, shard)
@@ -51,6 +53,7 @@ def decode_clips(model_context, clips, data_cfg, gen_kwargs: dict, batch_size: i
     n_batches = -(-((len(clips) + world - 1) // world) // batch_size)
     captions, skipped, last = {}, [], None
     with model_context as (model, synced):
+        device, dtype = device or vit_device(model)[0], dtype or vit_device(model)[1]
         batches = iter(loader)
         for _ in range(n_batches):
             batch = next(batches, None)
@@ -62,15 +65,13 @@ def decode_clips(model_context, clips, data_cfg, gen_kwargs: dict, batch_size: i
             if not real and not synced:
                 continue
             if last is None:  # this rank has nothing at all to decode but must keep step
-                last = {"pixel_values": torch.zeros(1, data_cfg.frames, 3, data_cfg.image_size, data_cfg.image_size),
-                        "video_ids": []}
+                last = blank_batch(data_cfg.frames, data_cfg.image_size)
             source = batch if real else last
             out = model.generate(source["pixel_values"].to(device, dtype), synced_gpus=synced, **gen_kwargs)
             if real:
                 captions.update(zip(batch["video_ids"], model.decode(out)))
     if world > 1:
-        gathered = [None] * world
-        torch.distributed.all_gather_object(gathered, (captions, skipped))
+        gathered = gather_objects((captions, skipped))
         captions = {k: v for part, _ in gathered for k, v in part.items()}
         skipped = [s for _, part in gathered for s in part]
     return captions, skipped
@@ -85,30 +86,43 @@ def plain_context(model):
     model.train(was)
 
 
+def vit_device(model) -> tuple:
+    """(device, dtype) of the captioner's ViT: where its input frames must go."""
+    weight = model.hf.vision_model.embeddings.patch_embedding.weight
+    return weight.device, weight.dtype
+
+
+def default_device() -> str:
+    """This rank's GPU when there is one (LOCAL_RANK under the launcher), else the CPU."""
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return "cpu"
+
+
 def score_split(captions: dict, clips) -> dict:
     """pycocoevalcap metrics (+ attribute accuracy when the clips carry synthetic attributes)."""
-    from .metrics import score_captions
-
     refs = {c.video_id: c.captions for c in clips if c.video_id in captions}
     if not refs:
         raise UserError("no clip could be decoded: nothing to score (see the skipped videos)")
     scores = score_captions({k: captions[k] for k in refs}, refs)
     attributes = {c.video_id: c.attributes for c in clips if c.attributes and c.video_id in captions}
     if attributes:
-        from .synth import attribute_accuracy
-
         scores.update(attribute_accuracy({k: captions[k] for k in attributes}, attributes))
     scores["clips"] = len(clips)
     scores["decoded"] = len(refs)
     return scores
 
 
-def load_captioner(checkpoint: str | Path):
-    """A run's checkpoint folder (or run folder) or a Hugging Face folder -> (model, recipe cfg)."""
-    from .build import build_model
-    from .checkpoints import COMPLETE, complete_checkpoints, read_full_state_dict
-    from .config import ModelCfg, RecipeCfg, load_saved_config
+def load_captioner(checkpoint: str | Path, device: str | None = None):
+    """A run's checkpoint folder (or run folder) or a Hugging Face folder -> (model, recipe cfg),
+    on `device` (None: the CPU). A quantised LLM stays where bitsandbytes loaded it."""
+    model, cfg = _load_captioner(checkpoint)
+    if device is not None and getattr(model.hf, "hf_quantizer", None) is None:
+        model.to(device)
+    return model, cfg
 
+
+def _load_captioner(checkpoint: str | Path):
     folder = Path(checkpoint)
     if (folder / "checkpoints").is_dir():  # a run folder: its best checkpoint, else the last one
         summary = folder / "summary.json"
@@ -118,8 +132,6 @@ def load_captioner(checkpoint: str | Path):
             raise UserError(f"{folder}: the run has no complete checkpoint")
         folder = Path(best) if best and Path(best).is_dir() else folders[-1]
     if (folder / "config.json").is_file():
-        from .export import read_extras
-
         cfg = RecipeCfg(model=ModelCfg(path=str(folder)))
         model = build_model(cfg.model, cfg.lora)
         model.frames = read_extras(folder)[0].get("frames") or cfg.data.frames
@@ -142,8 +154,6 @@ def load_captioner(checkpoint: str | Path):
 
 
 def _eval_data_cfg(model, cfg, args):
-    from .build import image_settings
-
     size, _, _ = image_settings(model)
     frames = args.frames or getattr(model, "frames", None) or cfg.data.frames
     return replace(cfg.data, image_size=size, frames=frames, videos=getattr(args, "videos", None))
@@ -156,23 +166,18 @@ def _eval_cfg(cfg, args):
 
 
 def _maybe_init_distributed():
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
-        from .engine import init_distributed
-
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and rank_and_world()[1] == 1:
         init_distributed()
 
 
 def eval_command(args) -> int:
-    from .annotations import read_annotations
-    from .metrics import write_results
-
     _maybe_init_distributed()
-    model, cfg = load_captioner(args.checkpoint)
+    model, cfg = load_captioner(args.checkpoint, args.device or default_device())
     data_cfg, eval_cfg = _eval_data_cfg(model, cfg, args), _eval_cfg(cfg, args)
     clips = read_annotations(args.annotations, args.videos, fmt=args.format)
     captions, skipped = decode_clips(plain_context(model), clips, data_cfg, decode_kwargs(eval_cfg),
                                      eval_cfg.batch_size)
-    if _dist()[0] != 0:
+    if rank_and_world()[0] != 0:
         return 0
     if args.results:
         write_results(captions, args.results)
@@ -204,9 +209,7 @@ def _expand_inputs(inputs) -> list[Path]:
 
 
 def caption_command(args) -> int:
-    from .annotations import Clip
-
-    model, cfg = load_captioner(args.checkpoint)
+    model, cfg = load_captioner(args.checkpoint, args.device or default_device())
     data_cfg, eval_cfg = _eval_data_cfg(model, cfg, args), _eval_cfg(cfg, args)
     videos = _expand_inputs(args.inputs)
     clips = [Clip(video_id=str(i), video=str(v), captions=[], split=None) for i, v in enumerate(videos)]
@@ -221,3 +224,12 @@ def caption_command(args) -> int:
     for s in skipped:
         print(f"skipped {s['video']}: {s['reason']}", file=sys.stderr)
     return 0 if not skipped else 1
+
+
+def export_command(args) -> int:
+    """`ds-videocap export`: a run's checkpoint (any ZeRO stage, shards consolidated) or a Hugging
+    Face folder -> a Hugging Face folder that transformers' own classes load."""
+    model, _ = load_captioner(args.checkpoint)
+    out = save_hf_folder(model, args.out, merge_lora=not args.keep_adapter)
+    print(f"exported {args.checkpoint} -> {out}")
+    return 0

@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .errors import UserError
+from .video import CLIP_MEAN, CLIP_STD
+
 EXTRA_JSON = "videocap.json"
 EXTRA_WEIGHTS = "videocap_extra.safetensors"
 ADAPTER_DIR = "llm_adapter"
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def write_preprocessor_config(out_dir: Path, image_size: int, mean=CLIP_MEAN, std=CLIP_STD) -> None:
@@ -59,8 +60,6 @@ def save_hf_folder(model, out_dir: str | Path, merge_lora: bool = True) -> Path:
     """
     from safetensors.torch import save_file
 
-    from .errors import UserError
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lm = model.hf.language_model
@@ -92,14 +91,3 @@ def save_hf_folder(model, out_dir: str | Path, merge_lora: bool = True) -> Path:
         save_file({"frame_embedding": model.frame_embedding.detach().float().cpu().contiguous()},
                   str(out / EXTRA_WEIGHTS))
     return out
-
-
-def export_command(args) -> int:
-    """`ds-videocap export`: a run's checkpoint (any ZeRO stage, shards consolidated) or a Hugging
-    Face folder -> a Hugging Face folder that transformers' own classes load."""
-    from .evaluate import load_captioner
-
-    model, _ = load_captioner(args.checkpoint)
-    out = save_hf_folder(model, args.out, merge_lora=not args.keep_adapter)
-    print(f"exported {args.checkpoint} -> {out}")
-    return 0

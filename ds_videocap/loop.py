@@ -1,21 +1,29 @@
 """fit(): the one outer loop shared by CE and SCST; only the step function differs.
 
-Steps are optimizer steps (micro-batches x gradient accumulation). The loop owns the learning rate
-(derived from the step, so nothing to checkpoint), logging, periodic validation, checkpoints and the
-resumable position in the data.
+A step function computes one micro-batch's loss: `step_fn(engine, batch, ctx) -> (loss, metrics)`.
+fit() does everything else once, for both phases: the zero-weight stand-in for a micro-batch whose
+videos were all skipped, the non-finite rule, backward and step, the learning rate (derived from the
+step, so nothing to checkpoint), logging, periodic validation and checkpoints (the `validate` and
+`save` it is given), and the resumable position in the data.
+
+The non-finite rule: when the loss is NaN/inf on any rank, every rank drops that micro-batch (no
+backward, no step); gradients already accumulated from earlier micro-batches of the same optimizer
+step are kept, and the step waits for one more good micro-batch (DeepSpeed's own micro-step counter
+did not move either). max_nonfinite_steps such micro-batches in a row stop the run.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from typing import Callable
 
 import torch
 
-from .engine import lr_at, set_lr
+from .data import blank_batch
+from .engine import any_rank
 from .errors import UserError
+from .optim import lr_at, set_lr
 
 
 @dataclass
@@ -45,10 +53,35 @@ class Phase:
     name: str
     cfg: object
     """The recipe section (ce or scst): steps, lr, min_lr, warmup_steps, log/eval/save_every, keep_last."""
-    step_fn: object
+    step_fn: Callable
     loader: object
     sampler: object
     total_steps: int
+
+
+@dataclass
+class StepContext:
+    """What the step functions and fit() share: the engine, this rank, and the run's services."""
+    engine: object
+    rank: int
+    world: int
+    device: object
+    dtype: torch.dtype
+    frame_shape: tuple
+    """(frames, image_size): the shape of a stand-in batch."""
+    skips: object
+    """data.SkipTracker: skipped videos, per epoch and for the run."""
+    log: Callable[[dict], None]
+    """Writes one metrics record (rank 0 writes; every rank may call)."""
+    max_nonfinite: int = 5
+    scst: object = None
+    reward: object = None
+    sources: object = None
+    """mixing.SourceCounter when several training sets are mixed, else None."""
+
+    def say(self, text: str) -> None:
+        if self.rank == 0:
+            print(text, flush=True)
 
 
 class NonFiniteError(UserError):
@@ -56,71 +89,78 @@ class NonFiniteError(UserError):
     line naming the phase, the step and the batch's videos, without a traceback."""
 
 
-def _log(run, record: dict) -> None:
-    if run.rank == 0:
-        with open(run.output_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if getattr(run.engine, "monitor", None) is not None and run.engine.monitor.enabled:
-            events = [(f"{record['phase']}/{k}", float(v), record["step"]) for k, v in record.items()
-                      if isinstance(v, (int, float)) and k not in ("step", "epoch")]
-            run.engine.monitor.write_events(events)
-
-
-def _drawn(run, state: TrainState) -> dict:
+def _drawn(ctx: StepContext, state: TrainState) -> dict:
     """Samples drawn from each training source so far, over all ranks (for mixed training sets)."""
-    if run.sources is None:
+    if ctx.sources is None:
         return {}
-    return {f"drawn_{name}": n for name, n in run.sources.all_ranks(state.per_source).items()}
+    return {f"drawn_{name}": n for name, n in ctx.sources.all_ranks(state.per_source).items()}
 
 
-def fit(run, phase: Phase, state: TrainState) -> TrainState:
-    """Train `phase` from `state` until phase.total_steps; `run` holds engine, ranks, hooks."""
+def update(engine, loss: torch.Tensor, zero_weight: bool) -> bool:
+    """backward + step for one micro-batch, unless its loss is non-finite on any rank (then nothing).
+
+    Returns whether the update ran. Every rank takes the same branch (the flag is all-reduced), so no
+    rank waits in a collective that the others skipped.
+    """
+    if zero_weight:  # a stand-in batch (all its videos were skipped): joins the collectives, adds nothing
+        loss = loss * 0.0
+    if any_rank(not bool(torch.isfinite(loss.detach()).all())):
+        return False
+    engine.backward(loss)
+    engine.step()
+    return True
+
+
+def fit(ctx: StepContext, phase: Phase, state: TrainState, validate: Callable, save: Callable) -> TrainState:
+    """Train `phase` from `state` until phase.total_steps.
+
+    validate(phase_name, state) runs every cfg.eval_every steps and at the end; save(phase_name, state)
+    every cfg.save_every steps and at the end. Both are collectives: every rank calls them.
+    """
     from tqdm import tqdm
 
-    cfg, engine = phase.cfg, run.engine
+    cfg, engine = phase.cfg, ctx.engine
     accumulation = engine.gradient_accumulation_steps()
-    bar = tqdm(total=phase.total_steps, initial=state.step, disable=run.rank != 0,
+    bar = tqdm(total=phase.total_steps, initial=state.step, disable=ctx.rank != 0,
                desc=phase.name, dynamic_ncols=True, mininterval=2.0)
     window, window_start, window_samples = [], time.time(), 0
     micro_in_step, last_batch = 0, None
     # Fail as soon as this rank's epoch can no longer stay under data.max_skipped_fraction (a phase
     # may end before its first epoch does).
-    run.skips.epoch_size = len(phase.sampler)
-    known = {s["video"] for s in run.skips.all_skipped}
-    run.skips.all_skipped += [s for s in state.skipped_videos if s["video"] not in known]
+    ctx.skips.epoch_size = len(phase.sampler)
+    known = {s["video"] for s in ctx.skips.all_skipped}
+    ctx.skips.all_skipped += [s for s in state.skipped_videos if s["video"] not in known]
     while state.step < phase.total_steps:
         phase.sampler.load_state_dict({"epoch": state.epoch, "position": state.position})
         for batch in phase.loader:
             state.position = phase.sampler.position
-            run.skips.add(batch)
-            if run.sources is not None:
-                run.sources.count(batch["indices"], state.per_source)
+            ctx.skips.add(batch)
+            if ctx.sources is not None:
+                ctx.sources.count(batch["indices"], state.per_source)
             if batch["pixel_values"] is None:
                 # Every sample of this micro-batch was skipped: stand in the last good one with zero
                 # weight, so that this rank still joins the collectives the other ranks run.
                 # (Skipping instead would put this rank one collective behind the others: a hang.)
-                batch = dict(last_batch or _blank_batch(run), zero_weight=True)
+                batch = dict(last_batch or blank_batch(*ctx.frame_shape), zero_weight=True)
             else:
                 last_batch = batch
             set_lr(engine, lr_at(state.step, phase.total_steps, cfg.warmup_steps, cfg.lr, cfg.min_lr))
-            out = phase.step_fn(engine, batch, run)
-            if out.get("skipped_nonfinite"):
-                # Every rank skips together (the step function all-reduces the flag); the micro-batch
-                # does not count towards gradient accumulation, as DeepSpeed did not see it either.
+            loss, metrics = phase.step_fn(engine, batch, ctx)
+            if not update(engine, loss, bool(batch.get("zero_weight"))):
                 state.nonfinite_in_a_row += 1
                 ids = batch["video_ids"] if not batch.get("zero_weight") else []
-                run.say(f"[{phase.name}] step {state.step + 1}: non-finite {out.get('nonfinite', 'loss')}, "
+                ctx.say(f"[{phase.name}] step {state.step + 1}: non-finite {metrics.get('nonfinite', 'loss')}, "
                         f"update skipped (videos {ids[:8]})")
-                if state.nonfinite_in_a_row >= run.max_nonfinite:
+                if state.nonfinite_in_a_row >= ctx.max_nonfinite:
                     raise NonFiniteError(f"{phase.name}: {state.nonfinite_in_a_row} non-finite losses in a row "
-                                         f"(max_nonfinite_steps={run.max_nonfinite}), last at step "
+                                         f"(max_nonfinite_steps={ctx.max_nonfinite}), last at step "
                                          f"{state.step + 1}, epoch {state.epoch}, videos {ids}")
                 continue
             micro_in_step += 1
             state.nonfinite_in_a_row = 0
             if not batch.get("zero_weight"):  # a stand-in's loss says nothing about training
-                window.append(out)
-            window_samples += len(batch["video_ids"]) * run.world
+                window.append({"loss": loss.item(), **{k: v for k, v in metrics.items() if k != "nonfinite"}})
+            window_samples += len(batch["video_ids"]) * ctx.world
             if micro_in_step < accumulation:
                 continue
             micro_in_step = 0
@@ -129,37 +169,37 @@ def fit(run, phase: Phase, state: TrainState) -> TrainState:
             bar.update(1)
             if window and (state.step % cfg.log_every == 0 or state.step == phase.total_steps):
                 elapsed = max(time.time() - window_start, 1e-9)
-                record = {k: sum(o[k] for o in window) / len(window) for k in window[0] if k != "skipped_nonfinite"}
+                record = {k: sum(o[k] for o in window) / len(window) for k in window[0]}
                 record.update(phase=phase.name, step=state.step, epoch=state.epoch,
                               lr=engine.optimizer.param_groups[0]["lr"], samples_per_s=window_samples / elapsed,
-                              **_drawn(run, state))
-                _log(run, record)
+                              **_device_memory(), **_drawn(ctx, state))
+                ctx.log(record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.1e}",
                                 sps=f"{record['samples_per_s']:.0f}")
                 window, window_start, window_samples = [], time.time(), 0
             last = state.step == phase.total_steps
             if (cfg.eval_every and state.step % cfg.eval_every == 0) or last:
-                run.validate(phase.name, state)
+                validate(phase.name, state)
             if (cfg.save_every and state.step % cfg.save_every == 0) or last:
-                run.skips.merge_ranks()
-                state.skipped_videos = list(run.skips.all_skipped)
-                run.save(phase.name, state)
+                ctx.skips.merge_ranks()
+                state.skipped_videos = list(ctx.skips.all_skipped)
+                save(phase.name, state)
             if last:
                 break
         else:
             state.epoch += 1
             state.position = 0
-            run.skips.epoch_report()
+            ctx.skips.epoch_report()
     bar.close()
-    run.skips.merge_ranks()  # rank 0 writes the summary: it needs every rank's skipped videos
+    ctx.skips.merge_ranks()  # rank 0 writes the summary: it needs every rank's skipped videos
     return state
 
 
-def _blank_batch(run) -> dict:
-    """A zero-weight stand-in for a rank whose first micro-batch had no decodable video at all."""
-    data = run.cfg.data
-    return {"pixel_values": torch.zeros(1, data.frames, 3, data.image_size, data.image_size),
-            "video_ids": [], "videos": [], "indices": [], "captions": [""], "references": [[""]], "skipped": []}
+def _device_memory() -> dict:
+    """Peak GPU memory of this rank so far (GiB), for the log; nothing on a CPU run."""
+    if not torch.cuda.is_available():
+        return {}
+    return {"gpu_peak_gib": torch.cuda.max_memory_allocated() / 2**30}
 
 
 def steps_for(cfg, loader_len: int, accumulation: int) -> int:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .engine import sum_over_ranks
 from .errors import UserError
 
 
@@ -73,10 +74,5 @@ class SourceCounter:
 
     def all_ranks(self, totals: dict) -> dict:
         """This rank's counts summed over every rank (a collective: all ranks call it together)."""
-        import torch
-        import torch.distributed as dist
-
-        counts = torch.tensor([totals.get(n, 0) for n in self.names], dtype=torch.float64)
-        if dist.is_initialized():
-            dist.all_reduce(counts)
-        return {n: int(c) for n, c in zip(self.names, counts.tolist())}
+        counts = sum_over_ranks([totals.get(n, 0) for n in self.names])
+        return {n: int(round(c)) for n, c in zip(self.names, counts)}

@@ -17,12 +17,16 @@ import torch.nn.functional as F
 from torch import nn
 
 FUSIONS = ("concat", "per_frame")
+MAX_FRAMES = 64  # rows of a frame-index embedding built here (the planner counts them too)
 
 
 class VideoCaptioner(nn.Module):
     def __init__(self, hf_model, tokenizer, family: str, *, fusion: str = "concat", prompt: str = "",
                  frame_embedding: torch.Tensor | None = None, max_txt_len: int = 50,
-                 qformer_tokenizer=None, qformer_text: bool = False):
+                 qformer_tokenizer=None, qformer_text: bool = False, image_size: int | None = None,
+                 image_mean: tuple = (), image_std: tuple = (), frames: int | None = None):
+        """image_size/mean/std: how the data pipeline must resize and normalise frames for this ViT
+        (export writes them back); frames: the frame count it was trained with, when known."""
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
@@ -39,8 +43,9 @@ class VideoCaptioner(nn.Module):
         self.frame_embedding = None if frame_embedding is None else nn.Parameter(frame_embedding)
         self.pad_id = tokenizer.pad_token_id
         self.stop_ids = self._stop_ids()
-        # Filled by build_model from the folder's preprocessor_config.json.
-        self.image_size, self.image_mean, self.image_std = None, None, None
+        self.image_size = image_size or hf_model.config.vision_config.image_size
+        self.image_mean, self.image_std = tuple(image_mean), tuple(image_std)
+        self.frames = frames
 
     # ----- text --------------------------------------------------------------------------------
     def _stop_ids(self) -> list[int]:
@@ -156,7 +161,7 @@ class VideoCaptioner(nn.Module):
         return out.logits[:, embeds.shape[1] - 1: -1]
 
     def forward(self, pixel_values, input_ids=None, attention_mask=None, labels=None, sequences=None,
-                generate_kwargs: dict | None = None, **_ignored):
+                generate_kwargs: dict | None = None):
         """Mean cross-entropy over caption tokens (labels -100 ignored): a scalar.
 
         The same call serves the other two uses, so that under ZeRO-3 they can run through the

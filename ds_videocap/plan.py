@@ -13,13 +13,17 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-from .cli import print_json
+from .build import DEFAULT_PROMPTS, quant_refusal, read_family, tiny_text_config
+from .recipe_io import load_recipe
+from .engine import read_ds_config
 from .errors import UserError
+from .model import MAX_FRAMES
+from .output import print_json
+from .trainable import LORA_TARGETS
 from .plan_memory import GIB, ModelSpec, Shape, estimate_config, speed_rank
 
 DS_CONFIGS = Path(__file__).resolve().parent.parent / "ds_configs"
 NO_FOLDER = "<no folder>"  # stands in for model.path while the recipe validates (study recipes leave it empty)
-MAX_FRAMES = 64            # build.MAX_FRAMES (not imported: build pulls in transformers' model classes)
 
 # The Salesforce checkpoints' configurations (EVA ViT-g, the BLIP-2 Q-Former, and each decoder).
 EVA_VIT_G = dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=39, num_attention_heads=16,
@@ -46,7 +50,6 @@ TINY_VOCAB = 600  # the synthetic tokenizer's size is only known once written; a
 # ----- recipe -> Hugging Face config -------------------------------------------------------------
 def load_plan_recipe(name: str, overrides: list[str] = ()):
     """load_recipe, but a study recipe without model.path plans from its known configuration."""
-    from .config import load_recipe
     cfg = load_recipe(name, [f"model.path={NO_FOLDER}", *overrides])
     if cfg.model.path == NO_FOLDER:
         cfg.model.path = None
@@ -80,25 +83,18 @@ def build_tiny_config(family: str, image_size: int):
 
     from transformers import Blip2Config, InstructBlipConfig
 
-    from .build import _tiny_text_config
     tok = SimpleNamespace(pad_token_id=0, eos_token_id=1, bos_token_id=2)
     h = 96
     vision = dict(hidden_size=h, intermediate_size=4 * h, num_hidden_layers=2, num_attention_heads=4,
                   image_size=image_size, patch_size=8)
     qformer = dict(hidden_size=h, num_hidden_layers=2, num_attention_heads=4, intermediate_size=4 * h,
                    encoder_hidden_size=h, cross_attention_frequency=1, vocab_size=TINY_VOCAB, pad_token_id=0)
-    text = _tiny_text_config(family, TINY_VOCAB, h, 2, tok)
+    text = tiny_text_config(family, TINY_VOCAB, h, 2, tok)
     cls = InstructBlipConfig if family == "llama" else Blip2Config
     return cls(vision_config=vision, qformer_config=qformer, text_config=text, num_query_tokens=16)
 
 
 # ----- meta model -> ModelSpec -------------------------------------------------------------------
-def _family(config) -> str:
-    if not config.use_decoder_only_language_model:
-        return "t5"
-    return "opt" if config.text_config.model_type == "opt" else "llama"
-
-
 def _lora_matches(name: str, targets) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)  # PEFT's rule for a list of names
 
@@ -109,12 +105,11 @@ def build_spec(config, model_cfg, lora_cfg) -> ModelSpec:
     from torch import nn
     from transformers import Blip2ForConditionalGeneration, InstructBlipForConditionalGeneration
 
-    from .build import LORA_TARGETS
     cls = InstructBlipForConditionalGeneration if config.model_type == "instructblip" else Blip2ForConditionalGeneration
     with torch.device("meta"):
         hf = cls(config)
     count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731 (shared weights once)
-    family, lm = _family(config), hf.language_model
+    family, lm = read_family(config), hf.language_model
     frame_emb = MAX_FRAMES * config.vision_config.hidden_size if model_cfg.frame_embedding else 0
     params = {"vision": count(hf.vision_model), "llm": count(lm),
               "qformer": count(hf.qformer) + hf.query_tokens.numel() + count(hf.language_projection) + frame_emb}
@@ -159,7 +154,6 @@ def _dims(config, family: str) -> dict:
 
 
 def build_shape(cfg, spec: ModelSpec, micro_batch: int) -> Shape:
-    from .build import DEFAULT_PROMPTS
     prompt = cfg.model.prompt if cfg.model.prompt is not None else DEFAULT_PROMPTS[spec.family]
     # ~1.3 sentencepiece/BPE pieces per English word, plus </s> (T5 encoder) or <bos> (decoders)
     prompt_tokens = math.ceil(1.3 * len(prompt.split())) + 1
@@ -183,7 +177,6 @@ def plan_recipe(cfg, gpus: int = 1, gpu_mem: float = 80.0, cpu_mem: float = 256.
     device="cpu" plans one plain-torch fp32 process on the CPU (the accuracy benchmark's case): its
     memory is reported as gpu_gib (the compute device), with cpu_gib the offloaded extra (none).
     """
-    from .engine import read_ds_config
 
     if gpus < 1:
         raise UserError(f"--gpus must be >= 1, got {gpus}")
@@ -201,7 +194,7 @@ def plan_recipe(cfg, gpus: int = 1, gpu_mem: float = 80.0, cpu_mem: float = 256.
         est = estimate_config(spec, build_shape(cfg, spec, micro), ds, gpus, device, scst=scst,
                               samples=cfg.scst.samples, ce=runs_ce)
         phase = est["activations"].pop("phase")
-        refused = _refusal(cfg, est["stage"])
+        refused = quant_refusal(cfg.model.quant, est["stage"])
         gpu_gib, cpu_gib = est["gpu_bytes"] / GIB, est["cpu_bytes"] / GIB
         rows.append({"config": _display(path), "gpu_gib": round(gpu_gib, 2), "cpu_gib": round(cpu_gib, 2),
                      "gpu_bytes": int(est["gpu_bytes"]), "cpu_bytes": int(est["cpu_bytes"]),
@@ -216,12 +209,6 @@ def plan_recipe(cfg, gpus: int = 1, gpu_mem: float = 80.0, cpu_mem: float = 256.
             "params_trainable": spec.trainable, "params_lora": spec.lora, "params": spec.params,
             "gpus": gpus, "gpu_mem_gib": gpu_mem, "cpu_mem_gib": cpu_mem, "configs": rows,
             "recommended": fitting[0]["config"] if fitting else None}
-
-
-def _refusal(cfg, stage: int) -> str | None:
-    if cfg.model.quant == "8bit" and stage == 3:
-        return "model.quant=8bit does not work with ZeRO-3"
-    return None
 
 
 def _display(path) -> str:

@@ -34,14 +34,6 @@ _CACHE_LIMIT = 50_000
 _INT_KEYS = 2 ** 63 - 1
 
 
-def count_ngrams(words: list[str], n: int) -> Counter:
-    """Term frequencies of every 1..n-gram of `words` (pycocoevalcap's precook), keyed 'w1 w2 ...'."""
-    grams = list(words)
-    for k in range(2, n + 1):
-        grams += map(" ".join, zip(*(words[i:] for i in range(k))))
-    return Counter(grams)
-
-
 # Joins a batch's texts: a token no caption holds, that normalisation keeps (not space, punctuation
 # or cased) and that ends a word on both sides, so casing and splitting work as on each text alone.
 _SEP = "\x00"

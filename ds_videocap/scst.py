@@ -5,10 +5,12 @@ the log-probs of the sampled captions are then recomputed WITH gradient through 
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
-from .engine import generation_context
+from .generation import generation_context
 
 
 def compute_baseline(rewards: np.ndarray, mode: str, greedy_rewards: np.ndarray | None = None) -> np.ndarray:
@@ -63,11 +65,14 @@ def rollout(engine, pixel_values: torch.Tensor, cfg, want_greedy: bool):
     return samples, greedy
 
 
-def scst_step(engine, batch: dict, ctx) -> dict:
+def scst_step(engine, batch: dict, ctx):
+    """Rollout, reward, policy-gradient loss -> (loss, metrics); fit() does backward and step."""
     cfg, model = ctx.scst, engine.module
     pixel_values = batch["pixel_values"].to(ctx.device, ctx.dtype)
     k = cfg.samples
+    started = time.perf_counter()
     samples, greedy = rollout(engine, pixel_values, cfg, want_greedy=cfg.baseline == "greedy")
+    rollout_ms = 1000 * (time.perf_counter() - started)
 
     captions = model.decode(samples)
     references = [refs for refs in batch["references"] for _ in range(k)]
@@ -81,23 +86,17 @@ def scst_step(engine, batch: dict, ctx) -> dict:
     if cfg.ce_weight:
         inputs = {n: v.to(ctx.device) for n, v in model.encode_text([r[0] for r in batch["references"]]).items()}
         loss = loss + cfg.ce_weight * engine(pixel_values=pixel_values, **inputs)
-    if batch.get("zero_weight"):  # a stand-in batch (all its videos were skipped): joins, adds nothing
-        loss = loss * 0.0
-    # A NaN/inf reward makes the loss non-finite too; name it so the log says which one it was.
-    if not ctx.check_finite(loss.detach()):
-        what = "reward" if not np.isfinite(rewards).all() else "loss"
-        return {"loss": float("nan"), "skipped_nonfinite": 1, "nonfinite": what}
-    engine.backward(loss)
-    engine.step()
-
     with torch.no_grad():
         token_mask = mask.to(logprobs.dtype)
         entropy_proxy = -(logprobs.detach() * token_mask).sum() / token_mask.sum().clamp(min=1)
-    return {
-        "loss": loss.item(),
+    metrics = {
         "reward": float(rewards.mean()),
         "baseline": float(baseline.mean()),
         "advantage_std": float((rewards - baseline).std()),
         "sample_len": float(mask.sum(dim=1).float().mean()),
         "entropy": float(entropy_proxy),
+        "rollout_ms": rollout_ms,
     }
+    if not np.isfinite(rewards).all():  # the loss is non-finite too: the log names the cause
+        metrics["nonfinite"] = "reward"
+    return loss, metrics

@@ -174,14 +174,10 @@ def make_synthetic_set(out_dir: str | Path, videos: int | None = None, seed: int
 
     out = Path(out_dir)
     sizes = split_sizes(videos)
-    stamp = {"videos": sum(sizes.values()), "seed": int(seed)}
+    stamp = _stamp(videos, seed)
     ready = out / "READY"
-    if ready.is_file():
-        try:
-            if json.loads(ready.read_text()) == stamp:
-                return out
-        except ValueError:
-            pass  # an unreadable marker means an unknown state: regenerate
+    if is_ready(out, videos, seed):
+        return out
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
     ready.unlink(missing_ok=True)
@@ -195,12 +191,29 @@ def make_synthetic_set(out_dir: str | Path, videos: int | None = None, seed: int
     return out
 
 
+def _stamp(videos: int | None, seed: int) -> dict:
+    return {"videos": sum(split_sizes(videos).values()), "seed": int(seed)}
+
+
+def is_ready(out_dir: str | Path, videos: int | None = None, seed: int | None = None) -> bool:
+    """Whether a complete set is there (READY is written last); with videos and seed given, also
+    that it was generated with them."""
+    ready = Path(out_dir) / "READY"
+    if not ready.is_file():
+        return False
+    if seed is None:
+        return True
+    try:
+        return json.loads(ready.read_text()) == _stamp(videos, seed)
+    except ValueError:
+        return False  # an unreadable marker means an unknown state: regenerate
+
+
 def synth_command(args) -> int:
     sizes = split_sizes(args.videos)
     out = Path(args.out)
-    stamp = {"videos": sum(sizes.values()), "seed": int(args.seed)}
-    ready = out / "READY"
-    if ready.is_file() and ready.read_text().strip() == json.dumps(stamp):
+    stamp = _stamp(args.videos, args.seed)
+    if is_ready(out, args.videos, args.seed):
         print(f"{out}: already complete ({stamp['videos']} clips, seed {stamp['seed']})", file=sys.stderr)
         return 0
     start = time.perf_counter()

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import UserError
+LORA_TARGETS = {"t5": ["q", "v"], "opt": ["q_proj", "v_proj"], "llama": ["q_proj", "v_proj"]}
+"""The study's LoRA targets per decoder family (lora.targets overrides them)."""
 
 
 def _lora_config(model, lora_cfg):
     from peft import LoraConfig
-
-    from .build import LORA_TARGETS
 
     targets = lora_cfg.targets or LORA_TARGETS[model.family]
     return LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
@@ -25,9 +24,7 @@ def apply_trainable(model, model_cfg, lora_cfg, adapter_dir: Path | None = None)
     from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     hf = model.hf
-    quantized = getattr(hf, "hf_quantizer", None) is not None
-    if quantized and model_cfg.llm == "full":
-        raise UserError("model.llm=full cannot train a quantized LLM: use model.llm=lora (QLoRA) or frozen")
+    quantized = getattr(hf, "hf_quantizer", None) is not None  # model.quant with llm=full: config.validate
     hf.requires_grad_(False)
     checkpoint_kwargs = {"use_reentrant": False}  # reentrant checkpoints drop grads when inputs are frozen
     lm = hf.language_model

@@ -6,9 +6,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from ds_videocap.config import ConfigError, load_recipe
+from ds_videocap.config import ConfigError
+from ds_videocap.recipe_io import load_recipe
 from ds_videocap.errors import UserError
-from ds_videocap.setup import check_run
+from ds_videocap.run_check import check_run
 
 ZERO0 = "ds_configs/zero0.json"
 
@@ -106,7 +107,7 @@ def test_hybrid_engine_is_refused_for_t5_and_on_cpu(tmp_path):
 
     from ds_videocap.engine import adapt_ds_config, read_ds_config
     from ds_videocap.errors import UserError
-    from ds_videocap.setup import check_run
+    from ds_videocap.run_check import check_run
 
     cfg = json.loads((Path(__file__).parent.parent / "ds_configs" / "zero0.json").read_text())
     cfg["hybrid_engine"] = {"enabled": True}

@@ -1,6 +1,7 @@
 import pytest
 
-from ds_videocap.config import ConfigError, list_recipes, load_recipe, load_saved_config, save_config
+from ds_videocap.config import ConfigError
+from ds_videocap.recipe_io import list_recipes, load_recipe, load_saved_config, save_config
 
 
 def test_every_shipped_recipe_loads_with_a_model_path():

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ds_videocap.engine import adapt_ds_config, lr_at, param_groups, read_ds_config
+from ds_videocap.engine import adapt_ds_config, read_ds_config
+from ds_videocap.optim import lr_at, param_groups
 from ds_videocap.errors import UserError
 
 CONFIGS = sorted((Path(__file__).parent.parent / "ds_configs").glob("*.json"))

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from ds_videocap.config import SCSTCfg
 from ds_videocap.data import SkipTracker, build_loader
 from ds_videocap.errors import UserError
-from ds_videocap.loop import NonFiniteError, Phase, TrainState, fit
+from ds_videocap.loop import NonFiniteError, Phase, StepContext, TrainState, fit
 
 
 class TinySet(Dataset):
@@ -36,29 +36,38 @@ class TinySet(Dataset):
 
 
 class StubEngine:
-    def __init__(self):
+    """Counts what fit() asks of the engine: backward and step once per finite micro-batch."""
+
+    def __init__(self, accumulation=1):
         self.optimizer = SimpleNamespace(param_groups=[{"lr": 0.0}])
         self.monitor = None
+        self.accumulation, self.backward_calls, self.step_calls = accumulation, 0, 0
 
     def gradient_accumulation_steps(self):
-        return 1
+        return self.accumulation
+
+    def backward(self, loss):
+        self.backward_calls += 1
+
+    def step(self):
+        self.step_calls += 1
 
 
-class StubRun:
-    def __init__(self, tmp_path, rank=0, world=1, max_nonfinite=3):
-        self.rank, self.world, self.output_dir = rank, world, tmp_path
+class StubRun(StepContext):
+    """The loop's services with a stub engine; records what was said, logged and saved."""
+
+    def __init__(self, tmp_path, rank=0, world=1, max_nonfinite=3, accumulation=1):
         tmp_path.mkdir(parents=True, exist_ok=True)
-        self.engine, self.max_nonfinite = StubEngine(), max_nonfinite
-        self.cfg = SimpleNamespace(data=SimpleNamespace(frames=2, image_size=8))
-        self.skips = SkipTracker(1.0)
-        self.said, self.saved = [], []
-        self.sources = None  # no data mixing
+        self.logged, self.said, self.saved = [], [], []
+        super().__init__(engine=StubEngine(accumulation), rank=rank, world=world, device="cpu",
+                         dtype=torch.float32, frame_shape=(2, 8), skips=SkipTracker(1.0), log=self.logged.append,
+                         max_nonfinite=max_nonfinite)
 
     def say(self, text):
         self.said.append(text)
 
-    def validate(self, phase, state):
-        pass
+    def fit(self, phase):
+        return fit(self, phase, TrainState(), validate=lambda *a: None, save=self.save)
 
     def save(self, phase, state):
         self.saved.append(json.loads(json.dumps(state.to_dict())))
@@ -75,9 +84,7 @@ def recording_step(losses=None):
     def step(engine, batch, run):
         calls.append(batch)
         loss = losses[len(calls) - 1] if losses and len(calls) <= len(losses) else 1.0
-        if not math.isfinite(loss):
-            return {"loss": float("nan"), "skipped_nonfinite": 1}
-        return {"loss": loss}
+        return torch.tensor(loss), {}
     return step, calls
 
 
@@ -85,12 +92,13 @@ def test_nonfinite_loss_skips_the_update_and_logs_it(tmp_path):
     run = StubRun(tmp_path)
     loader, sampler = build_loader(TinySet(12), 2, num_workers=0, drop_last=True, shuffle=False)
     step, calls = recording_step([1.0, float("nan"), float("inf"), 2.0])
-    state = fit(run, Phase("ce", phase_cfg(), step, loader, sampler, 3), TrainState())
+    state = run.fit(Phase("ce", phase_cfg(), step, loader, sampler, 3))
     assert state.step == 3 and state.nonfinite_in_a_row == 0
     assert len(calls) == 5  # two skipped micro-batches did not count as steps
+    assert run.engine.backward_calls == run.engine.step_calls == 3  # nothing ran for the NaN/inf ones
     skipped = [s for s in run.said if "non-finite" in s]
     assert len(skipped) == 2 and "step 2" in skipped[0] and "'v2', 'v3'" in skipped[0]
-    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = run.logged
     assert [r["step"] for r in logged] == [1, 2, 3] and all(math.isfinite(r["loss"]) for r in logged)
     assert logged[1]["loss"] == 2.0
 
@@ -100,7 +108,7 @@ def test_n_nonfinite_in_a_row_stop_the_run_naming_step_and_videos(tmp_path):
     loader, sampler = build_loader(TinySet(20), 2, num_workers=0, drop_last=True, shuffle=False)
     step, calls = recording_step([1.0] + [float("nan")] * 10)
     with pytest.raises(NonFiniteError) as err:
-        fit(run, Phase("ce", phase_cfg(), step, loader, sampler, 8), TrainState())
+        run.fit(Phase("ce", phase_cfg(), step, loader, sampler, 8))
     assert isinstance(err.value, UserError)  # the CLI prints it as one line, no traceback
     text = str(err.value)
     assert "3 non-finite losses in a row" in text and "step 2" in text and "max_nonfinite_steps=3" in text
@@ -112,12 +120,11 @@ def test_all_skipped_first_batch_still_joins_with_zero_weight(tmp_path):
     run = StubRun(tmp_path)
     loader, sampler = build_loader(TinySet(8, broken={0, 1}), 2, num_workers=0, drop_last=True, shuffle=False)
     step, calls = recording_step()
-    fit(run, Phase("ce", phase_cfg(), step, loader, sampler, 4), TrainState())
+    run.fit(Phase("ce", phase_cfg(), step, loader, sampler, 4))
     assert len(calls) == 4 and calls[0]["zero_weight"] and not calls[1].get("zero_weight")
     assert tuple(calls[0]["pixel_values"].shape) == (1, 2, 3, 8, 8)
     assert sorted(s["video"] for s in run.skips.all_skipped) == ["v0.mp4", "v1.mp4"]
-    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in logged] == [2, 3, 4]  # the stand-in's step logs nothing of its own
+    assert [r["step"] for r in run.logged] == [2, 3, 4]  # the stand-in's step logs nothing of its own
 
 
 @pytest.mark.parametrize("rank", [0, 1])
@@ -141,7 +148,7 @@ def test_resume_after_a_kill_loses_and_repeats_no_sample(tmp_path, rank):
     loader, sampler = build_loader(data, micro, rank, world, seed=3, num_workers=0, drop_last=True)
     loader = Recording(loader)
     step, calls = recording_step()
-    fit(run, Phase("ce", phase_cfg(save_every=2), step, loader, sampler, 3), TrainState())
+    run.fit(Phase("ce", phase_cfg(save_every=2), step, loader, sampler, 3))
     at_checkpoint = run.saved[0]
     assert at_checkpoint["step"] == 2 and at_checkpoint["position"] == 2 * micro
     before = [i for b in loader.batches[:2] for i in b]
@@ -152,7 +159,8 @@ def test_resume_after_a_kill_loses_and_repeats_no_sample(tmp_path, rank):
     loader2 = Recording(loader2)
     step2, _ = recording_step()
     state = TrainState(**at_checkpoint)
-    fit(run2, Phase("ce", phase_cfg(), step2, loader2, sampler2, 4), state)
+    fit(run2, Phase("ce", phase_cfg(), step2, loader2, sampler2, 4), state, validate=lambda *a: None,
+        save=run2.save)
     after = [i for b in loader2.batches for i in b]
 
     epoch = sampler2.epoch_indices()[: 4 * micro]  # what one uninterrupted epoch consumes
@@ -162,6 +170,19 @@ def test_resume_after_a_kill_loses_and_repeats_no_sample(tmp_path, rank):
     # Videos skipped before the checkpoint are still listed after the resume (the summary's list).
     broken = sorted(i for i in data.broken if i in epoch)
     assert broken and sorted(s["index"] for s in run2.skips.all_skipped) == broken
+
+
+def test_nonfinite_micro_batch_keeps_the_gradients_accumulated_before_it(tmp_path):
+    """With gradient accumulation, a NaN micro-batch is dropped alone: the step still takes
+    `accumulation` good micro-batches, and nothing already accumulated is cleared (no zero_grad)."""
+    run = StubRun(tmp_path, accumulation=2)
+    run.engine.zero_grad = lambda: pytest.fail("fit() must not clear accumulated gradients")
+    loader, sampler = build_loader(TinySet(12), 2, num_workers=0, drop_last=True, shuffle=False)
+    step, calls = recording_step([1.0, float("nan"), 3.0, 4.0])
+    state = run.fit(Phase("ce", phase_cfg(), step, loader, sampler, 2))
+    assert state.step == 2 and len(calls) == 5
+    assert run.engine.backward_calls == run.engine.step_calls == 4
+    assert run.logged[0]["loss"] == 2.0  # the mean of the step's two good micro-batches (1 and 3)
 
 
 class StubModel(torch.nn.Module):
@@ -174,10 +195,10 @@ class StubModel(torch.nn.Module):
         return ["a dog runs"] * sequences.shape[0]
 
 
-class StubSCSTEngine:
+class StubSCSTEngine(StubEngine):
     def __init__(self):
-        self.module, self.backward_calls, self.step_calls = StubModel(), 0, 0
-        self.logprobs = None
+        super().__init__()
+        self.module, self.logprobs = StubModel(), None
 
     def zero_optimization_stage(self):
         return 0
@@ -187,37 +208,50 @@ class StubSCSTEngine:
         return self.logprobs, torch.ones(sequences.shape)
 
     def backward(self, loss):
-        self.backward_calls += 1
+        super().backward(loss)
         loss.backward()
 
-    def step(self):
-        self.step_calls += 1
 
-
-def scst_ctx(rewards):
+def scst_run(tmp_path, rewards):
     reward = SimpleNamespace(score=lambda captions, refs: np.asarray(rewards(len(captions)), dtype=float))
-    return SimpleNamespace(scst=SCSTCfg(samples=3), device="cpu", dtype=torch.float32, reward=reward,
-                           check_finite=lambda v: bool(torch.isfinite(v).all()))
+    run = StubRun(tmp_path, max_nonfinite=1)
+    run.engine, run.scst, run.reward = StubSCSTEngine(), SCSTCfg(samples=3), reward
+    return run
 
 
-def scst_batch():
-    return {"pixel_values": torch.zeros(2, 2, 3, 8, 8), "references": [["a dog runs"], ["a cat"]],
-            "video_ids": ["v0", "v1"]}
+class OneBatch:
+    """A loader of one SCST batch (a dog and a cat), with the sampler fit() expects."""
+
+    def __init__(self):
+        self.position = 0
+
+    def __iter__(self):
+        yield {"pixel_values": torch.zeros(2, 2, 3, 8, 8), "references": [["a dog runs"], ["a cat"]],
+               "video_ids": ["v0", "v1"], "indices": [0, 1], "skipped": []}
+
+    def __len__(self):
+        return 1
+
+    def load_state_dict(self, state):
+        pass
 
 
-def test_nan_reward_skips_the_scst_update():
+def test_nan_reward_skips_the_scst_update_and_names_the_reward(tmp_path):
     from ds_videocap.scst import scst_step
 
-    engine = StubSCSTEngine()
-    out = scst_step(engine, scst_batch(), scst_ctx(lambda n: [0.5] * (n - 1) + [float("nan")]))
-    assert out["skipped_nonfinite"] == 1 and out["nonfinite"] == "reward"
-    assert engine.backward_calls == 0 and engine.step_calls == 0
+    run = scst_run(tmp_path, lambda n: [0.5] * (n - 1) + [float("nan")])
+    data = OneBatch()
+    with pytest.raises(NonFiniteError):
+        run.fit(Phase("scst", phase_cfg(), scst_step, data, data, 1))
+    assert run.engine.backward_calls == 0 and run.engine.step_calls == 0
+    assert any("non-finite reward" in s for s in run.said)
 
 
-def test_flat_rewards_give_zero_loss_not_nan():
+def test_flat_rewards_give_zero_loss_not_nan(tmp_path):
     from ds_videocap.scst import scst_step
 
-    engine = StubSCSTEngine()
-    out = scst_step(engine, scst_batch(), scst_ctx(lambda n: [0.3] * n))
-    assert out["loss"] == 0.0 and "skipped_nonfinite" not in out and out["advantage_std"] == 0.0
-    assert engine.step_calls == 1 and torch.all(engine.logprobs.grad == 0)
+    run = scst_run(tmp_path, lambda n: [0.3] * n)
+    data = OneBatch()
+    run.fit(Phase("scst", phase_cfg(), scst_step, data, data, 1))
+    assert run.logged[0]["loss"] == 0.0 and run.logged[0]["advantage_std"] == 0.0
+    assert run.engine.step_calls == 1 and torch.all(run.engine.logprobs.grad == 0)

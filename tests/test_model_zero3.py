@@ -16,7 +16,7 @@ SCRIPT = textwrap.dedent('''
     import os, sys, torch
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
     import deepspeed
-    from ds_videocap.engine import generation_context
+    from ds_videocap.generation import generation_context
     from ds_videocap.build import build_model, count_parameters
     from ds_videocap.config import LoraCfg, ModelCfg
     deepspeed.init_distributed("gloo")

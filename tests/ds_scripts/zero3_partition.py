@@ -9,17 +9,18 @@ import sys
 import torch
 import torch.distributed as dist
 
-from ds_videocap.config import load_recipe
-from ds_videocap.engine import adapt_ds_config, build_optimizer, exit_distributed, generation_context, \
-    init_distributed, initialize, read_ds_config
-from ds_videocap.setup import prepare_model
+from ds_videocap.recipe_io import load_recipe
+from ds_videocap.engine import adapt_ds_config, exit_distributed, init_distributed, initialize, read_ds_config
+from ds_videocap.generation import generation_context
+from ds_videocap.optim import build_optimizer
+from ds_videocap.prepare import prepare_model
 
 tokenizer, out, ds_json = sys.argv[1:4]
 rank, world = init_distributed()
 cfg = load_recipe("synth", [f"model.tokenizer={tokenizer}", f"output_dir={out}"])
 ds = adapt_ds_config(read_ds_config(ds_json), 2, out, say=lambda *_: None)
 ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0  # partition everything
-model = prepare_model(cfg, ds, rank, say=lambda *_: None)
+cfg, model = prepare_model(cfg, ds, rank, say=lambda *_: None)
 
 built_partitioned = [n for n, p in model.named_parameters() if hasattr(p, "ds_shape")]
 assert all(n.startswith("hf.") for n in built_partitioned)

@@ -1,0 +1,97 @@
+"""Run set-up after torch.distributed is up: the data, the model folder, the model, the reward.
+
+Rank 0 does the one-off writes (the synthetic set, the tiny model's folder, config.yaml, the CIDEr
+document-frequency cache) and the other ranks wait at a barrier before reading them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from .annotations import read_annotations
+from .build import build_model, build_tiny_folder, count_parameters, input_size
+from .recipe_io import save_config
+from .engine import barrier, rank_and_world
+from .errors import UserError
+from .mixing import read_sources
+from .reward import CiderD
+from .run_check import check_global_batch
+from .synth import make_synthetic_set
+
+
+def prepare_data(cfg, rank: int, ds_config: dict | None = None) -> dict:
+    """Generate the synthetic set once (rank 0) and read the annotation splits:
+    {"train", "val", "test": [Clip], "sources": (specs, sizes) or None}."""
+    if cfg.synth_dir and rank == 0:
+        make_synthetic_set(cfg.synth_dir, videos=cfg.synth_videos, seed=cfg.seed)
+    barrier()
+    clips = {}
+    for split in ("train", "val", "test"):
+        path = getattr(cfg.data, split)
+        clips[split] = read_annotations(path, cfg.data.videos, fmt=cfg.data.format) if path else []
+    clips["sources"] = None
+    if cfg.data.sources:  # the concatenation of the sources' clips; mixing.py draws from it by ratio
+        sources = read_sources(cfg.data.sources, cfg.name)
+        parts = [read_annotations(s.train, s.videos, fmt=s.format) for s in sources]
+        for source, part in zip(sources, parts):
+            if not part:
+                raise UserError(f"{source.train}: no training clips in data source '{source.name}'")
+        clips["train"] = [c for part in parts for c in part]
+        clips["sources"] = (sources, [len(p) for p in parts])
+    if not clips["train"] and (cfg.ce.steps or cfg.scst.steps):
+        raise UserError(f"{cfg.data.train}: no training clips")
+    if ds_config is not None:  # again: a synthetic set is only read here once it has been generated
+        check_global_batch(cfg, ds_config, len(clips["train"]), rank_and_world()[1])
+    return clips
+
+
+def resolve_model_folder(cfg, rank: int):
+    """The recipe with model.path set (the tiny model's folder is written once, by rank 0) and
+    data.image_size set to the size the ViT is fed (model.image_size, else the folder's)."""
+    out = Path(cfg.output_dir)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    if cfg.model.tiny and not cfg.model.path:
+        folder = out / "init_model"
+        if rank == 0 and not (folder / "config.json").is_file():
+            if not cfg.model.tokenizer:
+                raise UserError(f"recipe '{cfg.name}': field 'model.tokenizer' is needed for model.tiny")
+            build_tiny_folder(cfg.model.tiny, cfg.model.tokenizer, folder, image_size=cfg.data.image_size,
+                              seed=cfg.seed)
+        cfg = replace(cfg, model=replace(cfg.model, path=str(folder)))
+    barrier()
+    return replace(cfg, data=replace(cfg.data, image_size=input_size(cfg.model.path, cfg.model)))
+
+
+def prepare_model(cfg, ds_config: dict, rank: int, say):
+    """-> (resolved recipe, model): the folder resolved, config.yaml written (rank 0), the model built."""
+    cfg = resolve_model_folder(cfg, rank)
+    if rank == 0:
+        save_config(cfg, Path(cfg.output_dir) / "config.yaml")
+    model = build_model(cfg.model, cfg.lora, ds_config=ds_config)
+    trainable, total = count_parameters(model)
+    say(f"[model] {total:,} parameters, {trainable:,} trainable ({100 * trainable / max(total, 1):.1f}%)")
+    return cfg, model
+
+
+def build_reward(cfg, train_clips) -> CiderD:
+    """CIDEr-D with document frequencies from the training corpus, cached in the run folder.
+
+    The cache's name carries a hash of the training references, so a run whose training data
+    changed never reads another corpus's frequencies; rank 0 writes it atomically (a temporary file
+    renamed into place) and the other ranks compute their own copy rather than read a partial file.
+    """
+    references = [c.captions for c in train_clips]
+    key = hashlib.sha1(json.dumps(references).encode()).hexdigest()[:16]
+    cache = Path(cfg.output_dir) / f"cider_df-{key}.json"
+    if cache.is_file():
+        return CiderD.load(cache)
+    reward = CiderD.from_corpus(references)
+    if rank_and_world()[0] == 0:
+        tmp = cache.with_suffix(f".tmp{os.getpid()}")
+        reward.save(tmp)
+        tmp.replace(cache)
+    return reward
