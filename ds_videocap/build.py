@@ -245,10 +245,12 @@ def build_model(model_cfg, lora_cfg, ds_config: dict | None = None):
     if qformer_text and not prompt:
         raise UserError("model.qformer_text needs a non-empty model.prompt (the instruction)")
     image_size, image_mean, image_std = _read_image_settings(folder)
+    frame_embedding = _frame_embedding(model_cfg, meta, tensors, config.vision_config.hidden_size)
+    if frame_embedding is not None:  # ZeRO-3 flattens all parameters into one buffer: one dtype for all
+        frame_embedding = frame_embedding.to(dtype)
     model = VideoCaptioner(
         hf, tokenizer, family, fusion=meta.get("fusion", model_cfg.fusion), prompt=prompt,
-        frame_embedding=_frame_embedding(model_cfg, meta, tensors, config.vision_config.hidden_size),
-        max_txt_len=model_cfg.max_txt_len, qformer_tokenizer=qformer_tokenizer, qformer_text=qformer_text,
+        frame_embedding=frame_embedding, max_txt_len=model_cfg.max_txt_len, qformer_tokenizer=qformer_tokenizer, qformer_text=qformer_text,
         image_size=model_cfg.image_size or image_size, image_mean=image_mean, image_std=image_std,
         frames=meta.get("frames"))
     adapter = folder / meta["lora_adapter"] if meta.get("lora_adapter") else None

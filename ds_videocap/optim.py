@@ -72,6 +72,13 @@ def apply_phase_settings(engine_or_optimizer, weight_decay: float, betas, reset_
                 state[key] = 0
 
 
+def describe_settings(engine_or_optimizer) -> str:
+    """The weight decay and betas the optimizer holds now, read back from its parameter groups."""
+    groups = base_optimizer(engine_or_optimizer).param_groups
+    decays = "/".join(f"{g['weight_decay']:g}" for g in groups)
+    return f"weight decay {decays}, betas {tuple(float(b) for b in groups[0]['betas'])}"
+
+
 def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float:
     """Linear warm-up from 0 to lr over `warmup` steps, then cosine from lr down to min_lr at `total`."""
     if warmup and step < warmup:

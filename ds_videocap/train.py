@@ -19,7 +19,7 @@ from .data import SkipTracker, VideoCaptionDataset, build_loader
 from .engine import adapt_ds_config, compute_dtype, init_distributed, initialize
 from .loop import Phase, StepContext, TrainState, fit, steps_for
 from .mixing import SourceCounter, mixed_epoch_order
-from .optim import apply_phase_settings, build_optimizer
+from .optim import apply_phase_settings, build_optimizer, describe_settings
 from .prepare import build_reward, prepare_data, prepare_model
 from .run_check import check_run
 from .run_eval import RunEvaluator
@@ -48,6 +48,8 @@ def train_command(args) -> int:
     first = getattr(cfg, phases[0])
     engine = initialize(model, build_optimizer(model, ds_config, first.lr, first.weight_decay, first.betas),
                         ds_config)
+    say(f"[engine] ZeRO stage {engine.zero_optimization_stage()}, {compute_dtype(ds_config)}, {world} ranks, "
+        f"device {engine.device}")
     folder = RunFolder(cfg.output_dir, rank, engine)
     evaluator = RunEvaluator(cfg, engine, clips, engine.device, compute_dtype(ds_config), rank)
     sources = SourceCounter([s.name for s in clips["sources"][0]], clips["sources"][1]) if clips["sources"] else None
@@ -85,8 +87,8 @@ def train_command(args) -> int:
         loader, sampler = _phase_loader(cfg, name, train_set, ds_config, rank, world, clips["sources"])
         total = steps_for(phase_cfg, len(loader), engine.gradient_accumulation_steps())
         if state.step < total:
-            say(f"[train] {name}: {total} steps, lr {phase_cfg.lr:g} -> {phase_cfg.min_lr:g}"
-                + (" (Adam moments reset)" if reset else ""))
+            say(f"[train] {name}: {total} steps, lr {phase_cfg.lr:g} -> {phase_cfg.min_lr:g}, "
+                f"{describe_settings(engine)}" + (", Adam moments reset" if reset else ""))
             state = fit(ctx, Phase(name, phase_cfg, STEP_FUNCTIONS[name], loader, sampler, total), state,
                         validate=validate, save=save)
         tested = evaluator.test()

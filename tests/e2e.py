@@ -20,9 +20,9 @@ def train_command(out: Path, synth: Path, ds_json: str, *overrides: str, recipe:
 
 
 def run_train(out: Path, synth: Path, ds_json: str, *overrides: str, recipe: str = "synth",
-              timeout: int = 600) -> subprocess.CompletedProcess:
+              timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     proc = subprocess.run(train_command(out, synth, ds_json, *overrides, recipe=recipe), cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, env=child_env())
+                          capture_output=True, text=True, timeout=timeout, env={**child_env(), **(env or {})})
     assert proc.returncode == 0, f"train failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc
 
