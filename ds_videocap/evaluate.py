@@ -92,11 +92,20 @@ def vit_device(model) -> tuple:
     return weight.device, weight.dtype
 
 
-def default_device() -> str:
-    """This rank's GPU when there is one (LOCAL_RANK under the launcher), else the CPU."""
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    return "cpu"
+def choose_device(requested: str | None) -> str:
+    """--device, checked; by default this rank's GPU when there is one (LOCAL_RANK under the
+    launcher), else the CPU."""
+    if requested is None:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise UserError(f"--device {requested!r}: expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {requested!r}: expected cpu, cuda or cuda:N")
+    return str(device)
 
 
 def score_split(captions: dict, clips) -> dict:
@@ -172,7 +181,7 @@ def _maybe_init_distributed():
 
 def eval_command(args) -> int:
     _maybe_init_distributed()
-    model, cfg = load_captioner(args.checkpoint, args.device or default_device())
+    model, cfg = load_captioner(args.checkpoint, choose_device(args.device))
     data_cfg, eval_cfg = _eval_data_cfg(model, cfg, args), _eval_cfg(cfg, args)
     clips = read_annotations(args.annotations, args.videos, fmt=args.format)
     captions, skipped = decode_clips(plain_context(model), clips, data_cfg, decode_kwargs(eval_cfg),
@@ -209,7 +218,7 @@ def _expand_inputs(inputs) -> list[Path]:
 
 
 def caption_command(args) -> int:
-    model, cfg = load_captioner(args.checkpoint, args.device or default_device())
+    model, cfg = load_captioner(args.checkpoint, choose_device(args.device))
     data_cfg, eval_cfg = _eval_data_cfg(model, cfg, args), _eval_cfg(cfg, args)
     videos = _expand_inputs(args.inputs)
     clips = [Clip(video_id=str(i), video=str(v), captions=[], split=None) for i, v in enumerate(videos)]

@@ -104,3 +104,18 @@ def test_export_reload_and_caption_mp4_avi_webm(trained, tmp_path):
     Blip2ForConditionalGeneration.from_pretrained(hf)  # transformers' own class loads it
     assert captions(hf, *videos) == from_run
     assert captions(hf, tmp_path / "videos") == [r for r in from_run if r["video"] != str(source)]
+
+
+def test_caption_device_option(trained, tmp_path):
+    """--device picks where the model runs (default: this rank's GPU, else the CPU); a device this
+    machine lacks is one line and exit 2, not a CUDA traceback."""
+    synth, run = trained
+    video = sorted((synth / "videos").glob("*.mp4"))[0]
+    options = ["--json", "--num-beams", "1", "--max-new-tokens", "8", "--frames", "4"]
+    default = json.loads(cli("caption", "--checkpoint", str(run), str(video), *options).stdout)
+    on_cpu = json.loads(cli("caption", "--checkpoint", str(run), str(video), *options, "--device", "cpu").stdout)
+    assert on_cpu == default and on_cpu[0]["caption"]
+    for bad in ("cuda:7", "tpu"):
+        proc = cli("caption", "--checkpoint", str(run), str(video), "--device", bad, check=False)
+        assert proc.returncode == 2 and f"--device {bad}" in proc.stderr.replace("'", "")
+        assert "Traceback" not in proc.stderr
