@@ -17,6 +17,7 @@ from .annotations import detect_format, read_annotations
 from .captions import normalize_caption
 from .errors import UserError
 from .output import print_json
+from .video import VideoDecodeError, read_frames
 
 CHECK_SIZE = 224
 CHECK_TIMEOUT_S = 60.0
@@ -24,8 +25,6 @@ CHECK_TIMEOUT_S = 60.0
 
 def probe_video(path: str, frames: int, backend: str) -> str | None:
     """None when T frames decode, else the reason. Runs in a worker process (its main thread)."""
-    from .video import VideoDecodeError, read_frames
-
     try:
         read_frames(path, "uniform", frames, CHECK_SIZE, backend=backend, timeout_s=CHECK_TIMEOUT_S, threads=1)
     except VideoDecodeError as err:

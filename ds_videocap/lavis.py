@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 
 from .errors import UserError
+from .build import check_folder, read_family
 from .lavis_names import checkpoint_family, may_come_from_base, qkv_bias_name, rename
 
 DEFAULT_LORA_R, DEFAULT_LORA_ALPHA = 8, 16
@@ -43,8 +44,6 @@ def import_command(args) -> int:
 def import_lavis(checkpoint, base, out, lora_r: int | None = None, lora_alpha: float | None = None) -> dict:
     import torch
     from transformers import AutoConfig
-
-    from .build import check_folder, read_family
 
     checkpoint, out = Path(checkpoint), Path(out)
     state, run_config = read_checkpoint(checkpoint)

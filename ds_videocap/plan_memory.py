@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .engine import optimizer_offloaded, param_offloaded, zero_stage
+
 GIB = 1024 ** 3
 CUDA_ALLOWANCE = 2.0 * GIB  # CUDA context (~0.5-1 GiB), cuBLAS/NCCL workspaces, allocator fragmentation
 CPU_FIRST_STEP = 40 * 1024 ** 2  # CPU: thread pools and kernel caches the first step allocates (measured
@@ -62,10 +64,7 @@ class Shape:
 
 
 def _zero(ds: dict) -> tuple[int, bool, bool, dict]:
-    zero = ds.get("zero_optimization") or {}
-    off_opt = (zero.get("offload_optimizer") or {}).get("device", "none") not in ("none", None)
-    off_par = (zero.get("offload_param") or {}).get("device", "none") not in ("none", None)
-    return int(zero.get("stage", 0)), off_opt, off_par, zero
+    return zero_stage(ds), optimizer_offloaded(ds), param_offloaded(ds), ds.get("zero_optimization") or {}
 
 
 def estimate_states(spec: ModelSpec, shape: Shape, ds: dict, gpus: int, device: str = "cuda") -> dict:

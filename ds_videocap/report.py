@@ -16,7 +16,9 @@ from typing import Optional
 
 import yaml
 
+from .annotations import read_annotations
 from .errors import UserError
+from .video import VideoDecodeError, read_frames
 
 REQUIRED = ("config.yaml", "metrics.jsonl")
 SAMPLES = 8
@@ -39,7 +41,7 @@ img{max-width:100%;height:auto}.sample img{image-rendering:pixelated;display:blo
 
 
 @dataclass
-class Run:
+class RunRecord:
     """What a run folder holds, read leniently; `notes` says what was missing or unreadable."""
     root: Path
     config: dict
@@ -56,7 +58,7 @@ class Run:
         return [p for i, p in enumerate(seen) if isinstance(p, str) and p not in seen[:i]]
 
 
-def load_run(run_dir) -> Run:
+def load_run(run_dir) -> RunRecord:
     root = Path(run_dir)
     if not root.is_dir():
         raise UserError(f"{root}: not a run folder (no such folder)")
@@ -70,7 +72,7 @@ def load_run(run_dir) -> Run:
     if not isinstance(config, dict):
         raise UserError(f"{root / 'config.yaml'}: expected a mapping (the resolved recipe)")
     notes: list = []
-    run = Run(root, config, _read_metrics(root / "metrics.jsonl", notes), _read_summary(root, notes),
+    run = RunRecord(root, config, _read_metrics(root / "metrics.jsonl", notes), _read_summary(root, notes),
               notes=notes)
     found = [p.name[:-len("_test.json")] for p in sorted((root / "results").glob("*_test.json"))]
     for phase in dict.fromkeys(run.phases + found):
@@ -132,7 +134,7 @@ def _note(text: str) -> str:
     return f'<p class="note">{escape(text)}</p>'
 
 
-def render_metrics(run: Run) -> str:
+def render_metrics(run: RunRecord) -> str:
     """One column per phase (and split) so CE and SCST read side by side, one row per metric."""
     columns = [(phase, split, values) for phase in run.phases
                for split, values in (run.summary.get(phase) or {}).items() if isinstance(values, dict)]
@@ -147,7 +149,7 @@ def render_metrics(run: Run) -> str:
     return f'<table class="metrics"><tr><th>metric</th>{head}</tr>{body}</table>'
 
 
-def render_skipped(run: Run) -> str:
+def render_skipped(run: RunRecord) -> str:
     skipped = run.summary.get("skipped_videos")
     if skipped is None:
         return '<p class="muted">summary.json does not list skipped videos.</p>'
@@ -160,7 +162,7 @@ def render_skipped(run: Run) -> str:
             "</ul></details>")
 
 
-def render_curves(run: Run) -> str:
+def render_curves(run: RunRecord) -> str:
     from .report_plots import plot_phase
 
     parts = []
@@ -190,9 +192,8 @@ def pick_samples(clips: list, count: int = SAMPLES) -> list:
     return [clips[round(i * (len(clips) - 1) / (count - 1))] if count > 1 else clips[0] for i in range(count)]
 
 
-def _test_clips(run: Run) -> tuple:
+def _test_clips(run: RunRecord) -> tuple:
     """(clips, None) or ([], why the test annotations could not be read)."""
-    from .annotations import read_annotations
 
     data = run.config.get("data") or {}
     test = data.get("test")
@@ -209,9 +210,8 @@ def _test_clips(run: Run) -> tuple:
         return [], f"test annotations unreadable: {err}"
 
 
-def _frames_html(run: Run, clip) -> str:
+def _frames_html(run: RunRecord, clip) -> str:
     from .report_plots import make_strip
-    from .video import VideoDecodeError, read_frames
 
     data = run.config.get("data") or {}
     try:
@@ -223,7 +223,7 @@ def _frames_html(run: Run, clip) -> str:
     return f'<img alt="frames of {escape(clip.video_id)}" src="{make_strip(frames)}">'
 
 
-def render_samples(run: Run, count: int = SAMPLES) -> str:
+def render_samples(run: RunRecord, count: int = SAMPLES) -> str:
     clips, why = _test_clips(run)
     if why:
         return _note(why)
@@ -244,7 +244,7 @@ def render_samples(run: Run, count: int = SAMPLES) -> str:
     return "".join(parts)
 
 
-def render_header(run: Run) -> str:
+def render_header(run: RunRecord) -> str:
     cfg, data, model = run.config, run.config.get("data") or {}, run.config.get("model") or {}
     facts = [("run folder", str(run.root.resolve())), ("recipe", cfg.get("name")),
              ("model", model.get("tiny") or model.get("path")), ("fusion", model.get("fusion")),

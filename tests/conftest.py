@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_models import tiny_folders, tokenizer_dir  # noqa: F401  (fixtures shared by every test module)
 
 
 def write_video(path, frames: int = 16, width: int = 64, height: int = 48, codec: str = "libx264",

@@ -9,7 +9,7 @@ import torch
 
 from ds_videocap.build import count_parameters, image_settings, quantization_config
 from ds_videocap.errors import UserError
-from tiny_models import CAPTIONS, frames, load, tiny_folders, tokenizer_dir  # noqa: F401
+from tiny_models import CAPTIONS, frames, load
 
 
 def _trainable_names(model) -> set[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tiny_models import CAPTIONS, FAMILIES, frames, load, tiny_folders, tokenizer_dir  # noqa: F401
+from tiny_models import CAPTIONS, FAMILIES, frames, load
 
 
 def _record_interpolation(model) -> list:

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from ds_videocap.cli import main
-from tiny_models import CAPTIONS, frames, load, tiny_folders, tokenizer_dir  # noqa: F401
+from tiny_models import CAPTIONS, frames, load
 
 LLM = {"t5": "t5_model", "opt": "opt_model", "llama": "llm_model"}
 PROJ = {"t5": "t5_proj", "opt": "opt_proj", "llama": "llm_proj"}

@@ -10,7 +10,6 @@ import textwrap
 
 import pytest
 
-from tiny_models import tiny_folders, tokenizer_dir  # noqa: F401
 
 SCRIPT = textwrap.dedent('''
     import os, sys, torch
