@@ -105,7 +105,8 @@ def train_case(work, synth, name, model_key, folder, ds_json, frames, extra, smo
     recipe = "synth" if smoke else MODELS[model_key]
     model = [f"model.tiny={TINY[model_key]}", "model.llm=lora" if model_key != "opt67" else "model.llm=frozen",
              "model.vit=frozen"] if smoke else [f"model.path={folder}", "data.image_size=224"]
-    overrides = [f"synth_dir={synth}", f"output_dir={out}", f"data.frames={frames}", "data.augment=false",
+    overrides = [f"synth_dir={synth}", "synth_videos=40", "seed=42", f"output_dir={out}", f"data.frames={frames}",
+                 "data.augment=false",
                  *model, *STEPS, *extra]
     if smoke:
         overrides += ["eval.num_beams=2"]
