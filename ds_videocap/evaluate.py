@@ -144,9 +144,10 @@ def load_captioner(checkpoint: str | Path):
 def _eval_data_cfg(model, cfg, args):
     from .build import image_settings
 
-    size, _, _ = image_settings(model)
+    size, mean, std = image_settings(model)
     frames = args.frames or getattr(model, "frames", None) or cfg.data.frames
-    return replace(cfg.data, image_size=size, frames=frames, videos=getattr(args, "videos", None))
+    return replace(cfg.data, image_size=size, frames=frames, videos=getattr(args, "videos", None),
+                   image_mean=list(mean), image_std=list(std))
 
 
 def _eval_cfg(cfg, args):

@@ -47,7 +47,7 @@ def check_run(args, default_ds_config: str):
             check_folder(cfg.model.path)
         except UserError as err:
             raise UserError(f"recipe '{cfg.name}': field 'model.path': {err}") from None
-    if cfg.model.path and cfg.model.image_size is None and (Path(cfg.model.path) / "preprocessor_config.json").is_file():
+    if cfg.model.path and cfg.model.image_size is None:
         from .build import image_settings  # the ViT's position embedding fixes the frame size
         size = image_settings(cfg.model.path)[0]
         if size != cfg.data.image_size:
@@ -157,7 +157,7 @@ def prepare_data(cfg, rank: int, ds_config: dict | None = None):
 
 def prepare_model(cfg, ds_config: dict, rank: int, say):
     """Build (rank 0, once) the tiny model's folder, record the resolved config, build the model."""
-    from .build import build_model, build_tiny_folder, count_parameters, input_size
+    from .build import build_model, build_tiny_folder, count_parameters, image_settings, input_size
     from .config import save_config
 
     out = Path(cfg.output_dir)
@@ -174,6 +174,9 @@ def prepare_model(cfg, ds_config: dict, rank: int, say):
     dist.barrier()
     # Decode at the size the ViT is fed (model.image_size, else the folder's); the train set holds cfg.data.
     cfg.data.image_size = input_size(cfg.model.path, cfg.model)
+    _, mean, std = image_settings(cfg.model.path)  # normalise as the folder's image processor does
+    cfg.data.image_mean = cfg.data.image_mean or list(mean)
+    cfg.data.image_std = cfg.data.image_std or list(std)
     if rank == 0:
         save_config(cfg, out / "config.yaml")
     model = build_model(cfg.model, cfg.lora, ds_config=ds_config)
