@@ -103,8 +103,18 @@ def score_split(captions: dict, clips) -> dict:
     return scores
 
 
-def load_captioner(checkpoint: str | Path):
-    """A run's checkpoint folder (or run folder) or a Hugging Face folder -> (model, recipe cfg)."""
+def model_overrides(args) -> dict:
+    """The ModelCfg fields set by `--fusion`, `--qformer-text`, `--prompt` (those given only)."""
+    values = {"fusion": getattr(args, "fusion", None), "qformer_text": getattr(args, "qformer_text", None),
+              "prompt": getattr(args, "prompt", None)}
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def load_captioner(checkpoint: str | Path, overrides: dict | None = None):
+    """A run's checkpoint folder (or run folder) or a Hugging Face folder -> (model, recipe cfg).
+
+    `overrides` (ModelCfg fields, e.g. from model_overrides) replace what the run's config.yaml or the
+    folder would give."""
     from .build import build_model
     from .checkpoints import COMPLETE, complete_checkpoints, read_full_state_dict
     from .config import ModelCfg, RecipeCfg, load_saved_config
@@ -120,7 +130,7 @@ def load_captioner(checkpoint: str | Path):
     if (folder / "config.json").is_file():
         from .export import read_extras
 
-        cfg = RecipeCfg(model=ModelCfg(path=str(folder)))
+        cfg = RecipeCfg(model=ModelCfg(path=str(folder), **(overrides or {})))
         model = build_model(cfg.model, cfg.lora)
         model.frames = read_extras(folder)[0].get("frames") or cfg.data.frames
         return model, cfg
@@ -129,6 +139,7 @@ def load_captioner(checkpoint: str | Path):
         if not run_cfg.is_file():
             raise UserError(f"{folder}: no config.yaml in the run folder {folder.parent.parent}")
         cfg = load_saved_config(run_cfg)
+        cfg.model = replace(cfg.model, **(overrides or {}))
         model = build_model(cfg.model, cfg.lora)
         model.frames = cfg.data.frames
         state = read_full_state_dict(folder)
@@ -168,7 +179,7 @@ def eval_command(args) -> int:
     from .metrics import write_results
 
     _maybe_init_distributed()
-    model, cfg = load_captioner(args.checkpoint)
+    model, cfg = load_captioner(args.checkpoint, model_overrides(args))
     data_cfg, eval_cfg = _eval_data_cfg(model, cfg, args), _eval_cfg(cfg, args)
     clips = read_annotations(args.annotations, args.videos, fmt=args.format)
     captions, skipped = decode_clips(plain_context(model), clips, data_cfg, decode_kwargs(eval_cfg),
@@ -207,7 +218,7 @@ def _expand_inputs(inputs) -> list[Path]:
 def caption_command(args) -> int:
     from .annotations import Clip
 
-    model, cfg = load_captioner(args.checkpoint)
+    model, cfg = load_captioner(args.checkpoint, model_overrides(args))
     data_cfg, eval_cfg = _eval_data_cfg(model, cfg, args), _eval_cfg(cfg, args)
     videos = _expand_inputs(args.inputs)
     clips = [Clip(video_id=str(i), video=str(v), captions=[], split=None) for i, v in enumerate(videos)]

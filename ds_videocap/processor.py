@@ -85,6 +85,22 @@ def save_processor(out: str | Path, tokenizer, qformer_tokenizer, image_size: in
         stale.unlink()
 
 
+def set_image_size(folder: str | Path, size: int) -> None:
+    """Rewrite the folder's processor with frames of `size` px, through transformers, in either layout."""
+    from transformers import AutoImageProcessor, AutoProcessor
+
+    folder = Path(folder)
+    try:
+        processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+        images = processor.image_processor
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        processor = images = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+    images.size = {"height": size, "width": size}
+    processor.save_pretrained(str(folder))
+    if processor is not images and (folder / "preprocessor_config.json").is_file():
+        (folder / "preprocessor_config.json").unlink()  # now in processor_config.json
+
+
 def _side(size) -> int | None:
     """height (or shortest_edge) of a size dict or transformers' SizeDict."""
     if not size:
