@@ -34,10 +34,10 @@ class VideoCaptioner(nn.Module):
         self.max_txt_len = max_txt_len
         self.qformer_tokenizer = qformer_tokenizer
         self.qformer_text = qformer_text
-        # LAVIS's Blip2OPT (empty prompt) also trains the last visual position to predict bos.
-        self.train_bos = train_bos and not self.is_encoder_decoder and not self.prompt
         self.num_query_tokens = hf_model.config.num_query_tokens
         self.is_encoder_decoder = not hf_model.config.use_decoder_only_language_model
+        # LAVIS's Blip2OPT (empty prompt) also trains the last visual position to predict bos.
+        self.train_bos = train_bos and not self.is_encoder_decoder and not self.prompt
         self.frame_embedding = None if frame_embedding is None else nn.Parameter(frame_embedding)
         self.pad_id = tokenizer.pad_token_id
         self.stop_ids = self._stop_ids()

@@ -110,12 +110,22 @@ def _side(size) -> int | None:
 
 
 def save_generation_config(out: str | Path, model, eval_cfg) -> None:
-    """generation_config.json: our stop token(s), pad id and the evaluation's decoding settings."""
-    from transformers import GenerationConfig
+    """The caption's stop token as the LLM's end token, and generation_config.json with our decoding.
 
+    Blip2ForConditionalGeneration.generate runs the inner LLM's generate, whose defaults come from
+    config.json's text_config (so its eos_token_id is set to the stop token there, as the hub's
+    blip2-opt folders have "\n"), not from generation_config.json: that file holds the evaluation's
+    decoding (beam 5, 5-32 new tokens) for `generate(**inputs, generation_config=...)`.
+    """
+    from transformers import AutoConfig, GenerationConfig
+
+    stop = model.stop_ids if len(model.stop_ids) > 1 else model.stop_ids[0]
+    folder_config = AutoConfig.from_pretrained(str(out), local_files_only=True)
+    folder_config.text_config.eos_token_id = stop
+    folder_config.save_pretrained(str(out))
     lm_config = model.hf.config.text_config
     config = GenerationConfig(
-        eos_token_id=model.stop_ids if len(model.stop_ids) > 1 else model.stop_ids[0],
+        eos_token_id=stop,
         pad_token_id=model.pad_id, bos_token_id=getattr(lm_config, "bos_token_id", None),
         decoder_start_token_id=getattr(lm_config, "decoder_start_token_id", None) if model.is_encoder_decoder else None,
         num_beams=eval_cfg.num_beams, max_new_tokens=eval_cfg.max_new_tokens,
