@@ -41,7 +41,7 @@ class VideoCaptioner(nn.Module):
         self.frame_embedding = None if frame_embedding is None else nn.Parameter(frame_embedding)
         self.pad_id = tokenizer.pad_token_id
         self.stop_ids = self._stop_ids()
-        # Filled by build_model from the folder's preprocessor_config.json.
+        # Filled by build_model from the folder's image processor (processor.read_image_settings).
         self.image_size, self.image_mean, self.image_std = None, None, None
 
     # ----- text --------------------------------------------------------------------------------

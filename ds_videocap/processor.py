@@ -50,8 +50,10 @@ def read_image_settings(folder: str | Path) -> tuple[int, tuple, tuple]:
     side = _side(crop) or _side(getattr(proc, "size", None))
     if not side:
         raise UserError(f"model folder {folder}: its image processor gives no frame size (size.height)")
+    if getattr(proc, "do_normalize", True) is False:  # pixels only rescaled to [0, 1]
+        return int(side), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     mean, std = getattr(proc, "image_mean", None), getattr(proc, "image_std", None)
-    if mean is None or std is None or not getattr(proc, "do_normalize", True):
+    if mean is None or std is None:
         raise UserError(f"model folder {folder}: its image processor gives no image_mean / image_std")
     return int(side), tuple(float(m) for m in mean), tuple(float(s) for s in std)
 

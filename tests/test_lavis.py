@@ -201,3 +201,23 @@ def test_a_differing_tied_tensor_that_cannot_be_untied_is_refused(tmp_path, tiny
     rc, out = run_import(tmp_path, tiny_folders["opt"], state)
     err = capsys.readouterr().err
     assert rc == 2 and "opt_model.lm_head.weight" in err and "ties" in err and not out.exists()
+
+
+def test_base_in_the_older_processor_layout(tmp_path, tiny_folders):
+    """A --base saved by transformers 4 (preprocessor_config.json): read, and resized, through transformers."""
+    import json
+    import shutil
+
+    from transformers import BlipImageProcessor
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_folders["t5"], base)
+    (base / "processor_config.json").unlink()
+    settings = BlipImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.2, 0.2])
+    (base / "preprocessor_config.json").write_text(json.dumps({**settings.to_dict(), "processor_class": "Blip2Processor"}))
+    state, expected = make_checkpoint(base, "t5", llm="frozen", vit=False)
+    rc, out = run_import(tmp_path, base, state, {"model": {"image_size": 48}})
+    assert rc == 0
+    check_weights(out, "t5", expected)
+    model = load(out)
+    assert model.image_size == 48 and model.image_mean == pytest.approx((0.5, 0.4, 0.3))
