@@ -177,3 +177,15 @@ def test_opt_train_bos_equals_the_lavis_loss(tiny_folders):
     assert abs(without.item() - expected.item()) > 1e-3  # the default leaves the bos target out
     with pytest.raises(UserError, match="opt_train_bos"):
         load(tiny_folders["t5"], opt_train_bos=True)
+
+
+def test_eval_and_caption_take_the_model_options():
+    from ds_videocap.cli import build_parser
+    from ds_videocap.evaluate import model_overrides
+
+    parser = build_parser()
+    args = parser.parse_args(["eval", "--checkpoint", "run", "--annotations", "a.json", "--fusion", "per_frame",
+                              "--no-qformer-text", "--prompt", "a clip of"])
+    assert model_overrides(args) == {"fusion": "per_frame", "qformer_text": False, "prompt": "a clip of"}
+    args = parser.parse_args(["caption", "--checkpoint", "run", "v.mp4"])
+    assert model_overrides(args) == {}  # unset: the run's config.yaml or the folder decides
