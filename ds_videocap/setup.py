@@ -177,9 +177,11 @@ def prepare_model(cfg, ds_config: dict, rank: int, say):
     _, mean, std = image_settings(cfg.model.path)  # normalise as the folder's image processor does
     cfg.data.image_mean = cfg.data.image_mean or list(mean)
     cfg.data.image_std = cfg.data.image_std or list(std)
+    model = build_model(cfg.model, cfg.lora, ds_config=ds_config)
+    # Record what the folder family's defaults resolved to, so that the run folder says what was trained.
+    cfg.model = replace(cfg.model, fusion=model.fusion, qformer_text=model.qformer_text)
     if rank == 0:
         save_config(cfg, out / "config.yaml")
-    model = build_model(cfg.model, cfg.lora, ds_config=ds_config)
     trainable, total = count_parameters(model)
     say(f"[model] {total:,} parameters, {trainable:,} trainable ({100 * trainable / max(total, 1):.1f}%)")
     return model
