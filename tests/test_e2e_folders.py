@@ -75,3 +75,25 @@ def test_caption_options_reach_the_model(tiny_folders, tmp_path):
     assert default["0"] != cli_caption
     bad = cli("caption", "--checkpoint", str(tiny_folders["llama"]), str(video), "--fusion", "sideways", check=False)
     assert bad.returncode == 2 and "--fusion" in bad.stderr
+
+
+def test_train_and_caption_an_instructblip_video_folder(tmp_path):
+    """`train` under the launcher on an InstructBLIP-Video folder: per_frame fusion and Q-Former text by
+    default, recorded in the run's config.yaml, which `caption` on the run folder then follows."""
+    import yaml
+
+    from ds_videocap.build import build_tiny_folder
+    from ds_videocap.synth import make_synthetic_set
+    from e2e import run_train
+    from tiny_models import instructblip_video_folder
+
+    synth = make_synthetic_set(tmp_path / "synth", videos=40, seed=42)
+    image = build_tiny_folder("llama", synth / "tokenizer", tmp_path / "llama")
+    folder = instructblip_video_folder(image, tmp_path / "video")
+    run = tmp_path / "run"
+    run_train(run, synth, "zero2.json", f"model.path={folder}", "model.tiny=null", "ce.steps=2", "scst.steps=0")
+    model_cfg = yaml.safe_load((run / "config.yaml").read_text())["model"]
+    assert model_cfg["fusion"] == "per_frame" and model_cfg["qformer_text"] is True
+    video = sorted((synth / "videos").glob("*.mp4"))[0]
+    rows = json.loads(cli("caption", "--checkpoint", str(run), str(video), "--json").stdout)
+    assert [r["video"] for r in rows] == [str(video)] and isinstance(rows[0]["caption"], str)

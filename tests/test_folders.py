@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ds_videocap.build import image_settings
-from tiny_models import CAPTIONS, frames, load, tiny_folders, tokenizer_dir  # noqa: F401
+from tiny_models import CAPTIONS, frames, instructblip_video_folder, load, tiny_folders, tokenizer_dir  # noqa: F401
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
@@ -63,26 +63,7 @@ def test_frames_are_normalised_as_the_folders_processor_does(tiny_folders, tmp_p
 
 @pytest.fixture(scope="module")
 def video_folder(tiny_folders, tmp_path_factory):
-    """The tiny InstructBLIP as an InstructBLIP-Video folder (model_type instructblipvideo), saved by
-    transformers; its tokenizer adds bos as Vicuna's does."""
-    from transformers import (AutoTokenizer, InstructBlipForConditionalGeneration, InstructBlipVideoConfig,
-                              InstructBlipVideoForConditionalGeneration)
-
-    source = tiny_folders["llama"]
-    out = tmp_path_factory.mktemp("video") / "instructblipvideo"
-    shutil.copytree(source, out)
-    image = InstructBlipForConditionalGeneration.from_pretrained(source)
-    parts = image.config.to_dict()
-    config = InstructBlipVideoConfig(vision_config=parts["vision_config"], qformer_config=parts["qformer_config"],
-                                     text_config=parts["text_config"], num_query_tokens=parts["num_query_tokens"],
-                                     video_token_index=parts["image_token_index"])
-    video = InstructBlipVideoForConditionalGeneration(config)
-    video.load_state_dict(image.state_dict())
-    video.save_pretrained(out)
-    tok = AutoTokenizer.from_pretrained(source)
-    tok.add_bos_token = True
-    tok.save_pretrained(out)
-    return out
+    return instructblip_video_folder(tiny_folders["llama"], tmp_path_factory.mktemp("video") / "instructblipvideo")
 
 
 def test_instructblip_video_equals_transformers_generate(video_folder):
