@@ -199,7 +199,8 @@ def write_random_folder(model_key: str, tokenizer_dir: Path, out: Path) -> Path:
         T5TokenizerFast,
     )
 
-    from ds_videocap.export import write_preprocessor_config
+    from ds_videocap.processor import save_processor
+    from ds_videocap.video import CLIP_MEAN, CLIP_STD
     from ds_videocap.plan import load_plan_recipe, read_hf_config
 
     config = read_hf_config(load_plan_recipe(MODELS[model_key]))
@@ -226,10 +227,9 @@ def write_random_folder(model_key: str, tokenizer_dir: Path, out: Path) -> Path:
     with torch.no_grad():
         model.query_tokens.normal_(0.0, 0.02)  # transformers zero-initialises them
     model.save_pretrained(out)
-    tok.save_pretrained(out)
-    if config.model_type == "instructblip":
-        tok.save_pretrained(out / "qformer_tokenizer")
-    write_preprocessor_config(out, config.vision_config.image_size)
+    qformer_tok = tok if config.model_type == "instructblip" else None  # InstructBLIP reads qformer_tokenizer/
+    save_processor(out, tok, qformer_tok, config.vision_config.image_size, CLIP_MEAN, CLIP_STD,
+                   config.num_query_tokens)
     del model
     torch.cuda.empty_cache()
     return out

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from ds_videocap.annotations import read_annotations  # noqa: E402
 from ds_videocap.captions import normalize_caption  # noqa: E402
-from ds_videocap.export import CLIP_MEAN, CLIP_STD  # noqa: E402
+from ds_videocap.video import CLIP_MEAN, CLIP_STD  # noqa: E402
 from ds_videocap.video import read_frames, sample_indices  # noqa: E402
 
 

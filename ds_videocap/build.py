@@ -11,12 +11,18 @@ from pathlib import Path
 
 from .engine import compute_dtype, zero_stage
 from .errors import UserError
-from .export import ADAPTER_DIR, EXTRA_JSON, read_extras, write_preprocessor_config
+from .export import ADAPTER_DIR, EXTRA_JSON, read_extras
 from .model import MAX_FRAMES, VideoCaptioner
+from .processor import has_processor_files, read_image_settings, save_processor
 from .trainable import apply_trainable, count_parameters
 from .video import CLIP_MEAN, CLIP_STD
 
 DEFAULT_PROMPTS = {"t5": "a video of", "opt": "", "llama": "a video of"}
+# (fusion, qformer_text) a folder family expects when the recipe, the options and videocap.json leave them
+# unset: the study's concat for BLIP-2 / InstructBLIP; InstructBLIP-Video runs the Q-Former once per frame
+# with the instruction as its text (transformers' InstructBlipVideoForConditionalGeneration always does).
+FAMILY_DEFAULTS = {"blip-2": ("concat", False), "instructblip": ("concat", False),
+                   "instructblipvideo": ("per_frame", True)}
 TINY_INIT_STD = 0.5  # DESIGN.md: with std 0.02 a from-scratch ViT never learns shape or motion
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -86,9 +92,9 @@ def build_tiny_folder(family: str, tokenizer_dir: str | Path, out_dir: str | Pat
         model.query_tokens.normal_(0.0, config.qformer_config.initializer_range)
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    if family == "llama":  # InstructBLIP reads the Q-Former's instruction tokenizer from this subfolder
-        tok.save_pretrained(out / "qformer_tokenizer")
-    write_preprocessor_config(out, image_size)
+    # InstructBLIP reads the Q-Former's instruction tokenizer from qformer_tokenizer/ (the processor writes it)
+    qformer_tok = LlamaTokenizerFast.from_pretrained(out, add_bos_token=False) if family == "llama" else None
+    save_processor(out, tok, qformer_tok, image_size, CLIP_MEAN, CLIP_STD, num_query_tokens)
     (out / EXTRA_JSON).write_text(json.dumps({"family": family, "from_scratch": True}, indent=2))
     return out
 
@@ -105,8 +111,9 @@ def check_folder(path: str | Path) -> Path:
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise UserError(f"model folder {folder}: missing tokenizer files (tokenizer.json, tokenizer.model, "
                         "spiece.model or vocab.json)")
-    if not (folder / "preprocessor_config.json").is_file():
-        raise UserError(f"model folder {folder}: missing preprocessor_config.json (image size, mean, std)")
+    if not has_processor_files(folder):
+        raise UserError(f"model folder {folder}: missing processor_config.json or preprocessor_config.json "
+                        "(image size, mean, std)")
     return folder
 
 
@@ -204,10 +211,12 @@ def _frame_embedding(model_cfg, meta: dict, tensors: dict, vision_hidden: int):
 def build_model(model_cfg, lora_cfg, ds_config: dict | None = None):
     """Load model_cfg.path (a Hugging Face folder) as a VideoCaptioner with the trainable parts set.
 
-    Side files from save_hf_folder (videocap.json) take precedence over model_cfg for fusion,
-    prompt, qformer_text and the frame embedding: they describe how the weights were trained.
+    fusion, prompt and qformer_text: a value set in model_cfg, else the folder's side file from
+    save_hf_folder (videocap.json: how the weights were trained), else the folder family's default
+    (FAMILY_DEFAULTS, DEFAULT_PROMPTS). A trained frame embedding in the side files is always used.
     """
-    from transformers import AutoTokenizer, Blip2ForConditionalGeneration, InstructBlipForConditionalGeneration
+    from transformers import (AutoTokenizer, Blip2ForConditionalGeneration, InstructBlipForConditionalGeneration,
+                              InstructBlipVideoForConditionalGeneration)
 
     if not model_cfg.path:
         raise UserError("model.path must name a Hugging Face folder (for model.tiny, build_tiny_folder first)")
@@ -215,9 +224,10 @@ def build_model(model_cfg, lora_cfg, ds_config: dict | None = None):
     stage, dtype = zero_stage(ds_config), compute_dtype(ds_config)
     qcfg = quantization_config(model_cfg.quant, stage, dtype)
     config = _auto_config(folder)
-    classes = {"blip-2": Blip2ForConditionalGeneration, "instructblip": InstructBlipForConditionalGeneration}
+    classes = {"blip-2": Blip2ForConditionalGeneration, "instructblip": InstructBlipForConditionalGeneration,
+               "instructblipvideo": InstructBlipVideoForConditionalGeneration}
     if config.model_type not in classes:
-        raise UserError(f"{folder / 'config.json'}: model_type must be blip-2 or instructblip, "
+        raise UserError(f"{folder / 'config.json'}: model_type must be one of {list(classes)}, "
                         f"got {config.model_type!r}")
     ds_keepalive = None
     if stage == 3:
@@ -233,39 +243,39 @@ def build_model(model_cfg, lora_cfg, ds_config: dict | None = None):
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     meta, tensors = read_extras(folder)
     family = read_family(config)
-    qformer_text = meta.get("qformer_text", model_cfg.qformer_text)
-    qformer_tokenizer = None
-    if qformer_text:
-        if config.model_type != "instructblip":
-            raise UserError("model.qformer_text needs an InstructBLIP folder (BLIP-2's Q-Former takes no text)")
-        if not (folder / "qformer_tokenizer").is_dir():
-            raise UserError(f"model folder {folder}: missing qformer_tokenizer/ (the Q-Former's tokenizer)")
-        qformer_tokenizer = AutoTokenizer.from_pretrained(folder / "qformer_tokenizer", local_files_only=True)
-    prompt = meta.get("prompt", model_cfg.prompt if model_cfg.prompt is not None else DEFAULT_PROMPTS[family])
+    fusion, qformer_text = FAMILY_DEFAULTS[config.model_type]
+    fusion = _first(model_cfg.fusion, meta.get("fusion"), fusion)
+    qformer_text = _first(model_cfg.qformer_text, meta.get("qformer_text"), qformer_text)
+    if qformer_text and config.model_type == "blip-2":
+        raise UserError("model.qformer_text needs an InstructBLIP folder (BLIP-2's Q-Former takes no text)")
+    if qformer_text and not (folder / "qformer_tokenizer").is_dir():
+        raise UserError(f"model folder {folder}: missing qformer_tokenizer/ (the Q-Former's tokenizer)")
+    # Loaded whenever the folder has one: InstructBLIP's processor (written on export) needs it even unused.
+    qformer_tokenizer = (AutoTokenizer.from_pretrained(folder / "qformer_tokenizer", local_files_only=True)
+                         if (folder / "qformer_tokenizer").is_dir() else None)
+    prompt = _first(model_cfg.prompt, meta.get("prompt"), DEFAULT_PROMPTS[family])
     if qformer_text and not prompt:
         raise UserError("model.qformer_text needs a non-empty model.prompt (the instruction)")
-    image_size, image_mean, image_std = _read_image_settings(folder)
+    if model_cfg.opt_train_bos and (family != "opt" or prompt or tokenizer.bos_token_id is None):
+        raise UserError(f"model.opt_train_bos applies to OPT decoders with an empty prompt (LAVIS masks bos "
+                        f"with a prompt); this model is {family} with prompt {prompt!r}")
+    image_size, image_mean, image_std = read_image_settings(folder)
     frame_embedding = _frame_embedding(model_cfg, meta, tensors, config.vision_config.hidden_size)
     if frame_embedding is not None:  # ZeRO-3 flattens all parameters into one buffer: one dtype for all
         frame_embedding = frame_embedding.to(dtype)
     model = VideoCaptioner(
-        hf, tokenizer, family, fusion=meta.get("fusion", model_cfg.fusion), prompt=prompt,
-        frame_embedding=frame_embedding, max_txt_len=model_cfg.max_txt_len, qformer_tokenizer=qformer_tokenizer, qformer_text=qformer_text,
-        image_size=model_cfg.image_size or image_size, image_mean=image_mean, image_std=image_std,
-        frames=meta.get("frames"))
+        hf, tokenizer, family, fusion=fusion, prompt=prompt, frame_embedding=frame_embedding,
+        max_txt_len=model_cfg.max_txt_len, qformer_tokenizer=qformer_tokenizer, qformer_text=qformer_text,
+        train_bos=model_cfg.opt_train_bos, image_size=model_cfg.image_size or image_size,
+        image_mean=image_mean, image_std=image_std, frames=meta.get("frames"))
     adapter = folder / meta["lora_adapter"] if meta.get("lora_adapter") else None
     apply_trainable(model, model_cfg, lora_cfg, adapter_dir=adapter)
     model.ds_keepalive = ds_keepalive
     return model
 
 
-def _read_image_settings(folder: Path) -> tuple[int, tuple, tuple]:
-    config = json.loads((folder / "preprocessor_config.json").read_text())
-    size = config.get("size", {})
-    image_size = size.get("height") or size.get("shortest_edge") or config.get("image_size")
-    if not image_size:
-        raise UserError(f"{folder / 'preprocessor_config.json'}: no image size (size.height)")
-    return int(image_size), tuple(config.get("image_mean", CLIP_MEAN)), tuple(config.get("image_std", CLIP_STD))
+def _first(*values):
+    return next(v for v in values if v is not None)
 
 
 def input_size(model_or_folder, model_cfg) -> int:
@@ -282,7 +292,7 @@ def image_settings(model_or_folder) -> tuple[int, tuple, tuple]:
     Takes a built VideoCaptioner or a model folder (so data can be set up before the model).
     """
     if isinstance(model_or_folder, (str, Path)):
-        return _read_image_settings(Path(model_or_folder))
+        return read_image_settings(model_or_folder)
     return model_or_folder.image_size, model_or_folder.image_mean, model_or_folder.image_std
 
 

@@ -43,11 +43,28 @@ def _add_eval(sub) -> None:
     ev.add_argument("--format", default="auto")
     ev.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)
     _add_decode_options(ev)
+    _add_model_options(ev)
     cap = sub.add_parser("caption", help="caption arbitrary videos")
     cap.add_argument("--checkpoint", required=True)
     cap.add_argument("inputs", nargs="+", help="video files or folders")
     cap.add_argument("--json", action="store_true")
     _add_decode_options(cap)
+    _add_model_options(cap)
+
+
+def _add_model_options(p) -> None:
+    """How frames reach the model; unset, each comes from the run's config.yaml for a run or checkpoint
+    folder, else the folder's videocap.json, else the folder family's default (README: model folders)."""
+    group = p.add_argument_group("model (default: the run's config.yaml, else the folder's videocap.json, "
+                                 "else the folder family's default)")
+    group.add_argument("--fusion", choices=["concat", "per_frame"], default=None,
+                       help="concat: one Q-Former pass over all frames (BLIP-2, InstructBLIP); per_frame: one "
+                            "pass per frame (InstructBLIP-Video's default)")
+    group.add_argument("--qformer-text", action=argparse.BooleanOptionalAction, default=None,
+                       help="feed the prompt to an InstructBLIP Q-Former as instruction text "
+                            "(InstructBLIP-Video's default: on)")
+    group.add_argument("--prompt", default=None,
+                       help="text prompt (default: the folder's; T5 and Llama 'a video of', OPT none)")
 
 
 def _add_decode_options(p) -> None:

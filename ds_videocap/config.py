@@ -39,6 +39,10 @@ class DataCfg:
     """Frames sampled per clip (T)."""
     image_size: int = 224
     """Frames are resized to this square size at decode."""
+    image_mean: Optional[list] = None
+    """Per-channel mean frames are normalised with; None: the model folder's image processor's."""
+    image_std: Optional[list] = None
+    """Per-channel std frames are normalised with; None: the model folder's image processor's."""
     train_sampling: str = "random_segment"
     """random_segment | headtail | uniform: frame sampling for training."""
     eval_sampling: str = "uniform"
@@ -65,8 +69,9 @@ class ModelCfg:
     """opt | t5 | llama: a tiny model built in code (used when `path` is empty)."""
     tokenizer: Optional[str] = None
     """Tokenizer folder for tiny models (default: the synthetic set's tokenizer/)."""
-    fusion: str = "concat"
-    """concat: all frames in one Q-Former pass (the study); per_frame: one pass per frame."""
+    fusion: Optional[str] = None
+    """concat: all frames in one Q-Former pass (the study); per_frame: one pass per frame (InstructBLIP-Video).
+    None: the folder's (videocap.json), else per_frame for InstructBLIP-Video folders and concat otherwise."""
     frame_embedding: bool = False
     """Add a learned frame-index embedding to the ViT tokens (zero-init for pretrained models)."""
     llm: str = "frozen"
@@ -77,8 +82,12 @@ class ModelCfg:
     """None | 8bit | 4bit: load the LLM with bitsandbytes."""
     prompt: Optional[str] = None
     """Text prompt; None takes the family default (T5: 'a video of', OPT: none)."""
-    qformer_text: bool = False
-    """InstructBLIP: feed the prompt to the Q-Former as instruction text."""
+    qformer_text: Optional[bool] = None
+    """InstructBLIP: feed the prompt to the Q-Former as instruction text. None: the folder's
+    (videocap.json), else true for InstructBLIP-Video folders and false otherwise."""
+    opt_train_bos: bool = False
+    """OPT with an empty prompt: also train the last visual position to predict bos, as the study's
+    LAVIS Blip2OPT does (its CE loss is then about 0.2% higher on equal weights)."""
     max_txt_len: int = 50
     """Maximum caption tokens in training."""
     image_size: Optional[int] = None
@@ -194,7 +203,7 @@ CHOICES = {
     "data.eval_sampling": ("random_segment", "headtail", "uniform"),
     "data.backend": ("decord", "pyav"),
     "model.tiny": (None, "opt", "t5", "llama"),
-    "model.fusion": ("concat", "per_frame"),
+    "model.fusion": (None, "concat", "per_frame"),
     "model.llm": ("frozen", "lora", "full"),
     "model.vit": ("frozen", "full"),
     "model.quant": (None, "8bit", "4bit"),

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from .captions import normalize_caption
 from .engine import gather_objects
 from .errors import UserError
-from .video import VideoDecodeError, frames_to_tensor, read_frames
+from .video import CLIP_MEAN, CLIP_STD, VideoDecodeError, frames_to_tensor, read_frames
 
 
 class VideoCaptionDataset(Dataset):
@@ -57,7 +57,8 @@ class VideoCaptionDataset(Dataset):
                                  timeout_s=cfg.decode_timeout_s, threads=self.decode_threads)
         except VideoDecodeError as err:
             return {"skipped": str(err), **head}
-        pixels = frames_to_tensor(frames, augment=self.train and cfg.augment, rng=rng)
+        pixels = frames_to_tensor(frames, augment=self.train and cfg.augment, rng=rng,
+                                  mean=cfg.image_mean or CLIP_MEAN, std=cfg.image_std or CLIP_STD)
         refs = [normalize_caption(c, cfg.max_words) for c in clip.captions]
         refs = [r for r in refs if r] or [""]
         caption = refs[int(rng.integers(len(refs)))] if self.train else refs[0]

@@ -122,16 +122,24 @@ def score_split(captions: dict, clips) -> dict:
     return scores
 
 
-def load_captioner(checkpoint: str | Path, device: str | None = None):
-    """A run's checkpoint folder (or run folder) or a Hugging Face folder -> (model, recipe cfg),
-    on `device` (None: the CPU). A quantised LLM stays where bitsandbytes loaded it."""
-    model, cfg = _load_captioner(checkpoint)
+def model_overrides(args) -> dict:
+    """The ModelCfg fields set by `--fusion`, `--qformer-text`, `--prompt` (those given only)."""
+    values = {"fusion": getattr(args, "fusion", None), "qformer_text": getattr(args, "qformer_text", None),
+              "prompt": getattr(args, "prompt", None)}
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def load_captioner(checkpoint: str | Path, device: str | None = None, overrides: dict | None = None):
+    """A run's checkpoint folder (or run folder) or a Hugging Face folder -> (model, recipe cfg), on
+    `device` (None: the CPU; a quantised LLM stays where bitsandbytes loaded it). `overrides`
+    (ModelCfg fields, e.g. from model_overrides) replace what the run's config.yaml or the folder give."""
+    model, cfg = _load_captioner(checkpoint, overrides)
     if device is not None and getattr(model.hf, "hf_quantizer", None) is None:
         model.to(device)
     return model, cfg
 
 
-def _load_captioner(checkpoint: str | Path):
+def _load_captioner(checkpoint: str | Path, overrides: dict | None):
     folder = Path(checkpoint)
     if (folder / "checkpoints").is_dir():  # a run folder: its best checkpoint, else the last one
         summary = folder / "summary.json"
@@ -141,7 +149,7 @@ def _load_captioner(checkpoint: str | Path):
             raise UserError(f"{folder}: the run has no complete checkpoint")
         folder = Path(best) if best and Path(best).is_dir() else folders[-1]
     if (folder / "config.json").is_file():
-        cfg = RecipeCfg(model=ModelCfg(path=str(folder)))
+        cfg = RecipeCfg(model=ModelCfg(path=str(folder), **(overrides or {})))
         model = build_model(cfg.model, cfg.lora)
         model.frames = read_extras(folder)[0].get("frames") or cfg.data.frames
         return model, cfg
@@ -150,6 +158,7 @@ def _load_captioner(checkpoint: str | Path):
         if not run_cfg.is_file():
             raise UserError(f"{folder}: no config.yaml in the run folder {folder.parent.parent}")
         cfg = load_saved_config(run_cfg)
+        cfg.model = replace(cfg.model, **(overrides or {}))
         model = build_model(cfg.model, cfg.lora)
         model.frames = cfg.data.frames
         state = read_full_state_dict(folder)
@@ -163,9 +172,10 @@ def _load_captioner(checkpoint: str | Path):
 
 
 def _eval_data_cfg(model, cfg, args):
-    size, _, _ = image_settings(model)
+    size, mean, std = image_settings(model)
     frames = args.frames or getattr(model, "frames", None) or cfg.data.frames
-    return replace(cfg.data, image_size=size, frames=frames, videos=getattr(args, "videos", None))
+    return replace(cfg.data, image_size=size, frames=frames, videos=getattr(args, "videos", None),
+                   image_mean=list(mean), image_std=list(std))
 
 
 def _eval_cfg(cfg, args):
@@ -181,7 +191,7 @@ def _maybe_init_distributed():
 
 def eval_command(args) -> int:
     _maybe_init_distributed()
-    model, cfg = load_captioner(args.checkpoint, choose_device(args.device))
+    model, cfg = load_captioner(args.checkpoint, choose_device(args.device), model_overrides(args))
     data_cfg, eval_cfg = _eval_data_cfg(model, cfg, args), _eval_cfg(cfg, args)
     clips = read_annotations(args.annotations, args.videos, fmt=args.format)
     captions, skipped = decode_clips(plain_context(model), clips, data_cfg, decode_kwargs(eval_cfg),
@@ -218,7 +228,7 @@ def _expand_inputs(inputs) -> list[Path]:
 
 
 def caption_command(args) -> int:
-    model, cfg = load_captioner(args.checkpoint, choose_device(args.device))
+    model, cfg = load_captioner(args.checkpoint, choose_device(args.device), model_overrides(args))
     data_cfg, eval_cfg = _eval_data_cfg(model, cfg, args), _eval_cfg(cfg, args)
     videos = _expand_inputs(args.inputs)
     clips = [Clip(video_id=str(i), video=str(v), captions=[], split=None) for i, v in enumerate(videos)]

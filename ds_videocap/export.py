@@ -1,7 +1,9 @@
 """Write a trained VideoCaptioner back as a Hugging Face folder, and read our side files.
 
 The folder is what transformers' Blip2ForConditionalGeneration / InstructBlipForConditionalGeneration
-loads unchanged (config.json, weights, tokenizer, preprocessor_config.json). What BLIP-2 has no
+loads unchanged (config.json, weights, tokenizer, processor_config.json with num_query_tokens, and a
+generation_config.json whose end token is the caption's stop token), so the stock recipe
+(`Blip2Processor` + `generate`) captions a still video as `ds-videocap caption` does. What BLIP-2 has no
 place for (fusion, prompt, frame embedding, a kept LoRA adapter) goes into side files that
 build_model reads back when present:
   videocap.json               {"family", "fusion", "prompt", "qformer_text", "frame_embedding", "lora_adapter"}
@@ -13,7 +15,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .config import EvalCfg
 from .errors import UserError
+from .processor import save_generation_config, save_processor
 from .video import CLIP_MEAN, CLIP_STD
 
 EXTRA_JSON = "videocap.json"
@@ -22,7 +26,8 @@ ADAPTER_DIR = "llm_adapter"
 
 
 def write_preprocessor_config(out_dir: Path, image_size: int, mean=CLIP_MEAN, std=CLIP_STD) -> None:
-    """The BlipImageProcessor settings real BLIP-2 folders ship (written as JSON: no Pillow needed)."""
+    """The older (transformers 4) layout's BlipImageProcessor settings, as JSON; exports write the
+    processor through transformers instead (processor.save_processor)."""
     config = {"image_processor_type": "BlipImageProcessor", "do_resize": True, "resample": 3,
               "size": {"height": image_size, "width": image_size}, "do_rescale": True,
               "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(mean),
@@ -52,11 +57,12 @@ def _plain_state_dict(hf_model) -> dict:
     return state
 
 
-def save_hf_folder(model, out_dir: str | Path, merge_lora: bool = True) -> Path:
+def save_hf_folder(model, out_dir: str | Path, merge_lora: bool = True, eval_cfg=None) -> Path:
     """Export `model` (full, unpartitioned parameters) as a Hugging Face folder plus side files.
 
     merge_lora=True folds LoRA into the LLM weights (merged, then unmerged again, so the live model
     is left as it was); False keeps the base weights and writes the adapter to llm_adapter/.
+    eval_cfg (default: EvalCfg()) gives the generation config's decoding settings.
     """
     from safetensors.torch import save_file
 
@@ -78,10 +84,9 @@ def save_hf_folder(model, out_dir: str | Path, merge_lora: bool = True) -> Path:
             lm.unmerge_adapter()
     if has_lora and not merge_lora:
         lm.save_pretrained(out / ADAPTER_DIR)
-    model.tokenizer.save_pretrained(out)
-    if model.qformer_tokenizer is not None:
-        model.qformer_tokenizer.save_pretrained(out / "qformer_tokenizer")
-    write_preprocessor_config(out, model.image_size, model.image_mean, model.image_std)
+    save_processor(out, model.tokenizer, model.qformer_tokenizer, model.image_size, model.image_mean, model.image_std,
+                   model.num_query_tokens)
+    save_generation_config(out, model, eval_cfg or EvalCfg())
     meta = {"family": model.family, "fusion": model.fusion, "prompt": model.prompt,
             "qformer_text": model.qformer_text, "frame_embedding": model.frame_embedding is not None,
             "lora_adapter": ADAPTER_DIR if has_lora and not merge_lora else None,

@@ -21,6 +21,7 @@ from pathlib import Path
 from .errors import UserError
 from .build import check_folder, read_family
 from .lavis_names import checkpoint_family, may_come_from_base, qkv_bias_name, rename
+from .processor import read_image_settings, set_image_size
 
 DEFAULT_LORA_R, DEFAULT_LORA_ALPHA = 8, 16
 _SHARD = re.compile(r"^(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?$")
@@ -59,7 +60,7 @@ def import_lavis(checkpoint, base, out, lora_r: int | None = None, lora_alpha: f
     base_weights = read_weights(base)
     aliases = _tied_aliases(config, base_weights)
 
-    mapped, lora, qkv, unknown, missing = {}, {}, {}, [], []
+    mapped, lora, qkv, tied, unknown, missing = {}, {}, {}, [], [], []
     for key, tensor in state.items():
         rule = rename(key, instruct)
         if rule is None:
@@ -72,7 +73,9 @@ def import_lavis(checkpoint, base, out, lora_r: int | None = None, lora_alpha: f
                 unknown.append(f"{key} (-> {rule[1]}, which the base model does not have)")
             elif rule[0] == "lora":
                 lora.setdefault(name, {})[rule[2]] = tensor
-            elif rule[1] == name or name not in mapped:  # a tied alias never overrides its canonical name
+            elif rule[1] != name:  # a name --base ties to another: placed once every canonical one is read
+                tied.append((key, rule[1], name, tensor))
+            else:
                 mapped[name] = tensor
     for layer, parts in sorted(qkv.items()):
         if set(parts) != {"q", "v"}:
@@ -81,7 +84,9 @@ def import_lavis(checkpoint, base, out, lora_r: int | None = None, lora_alpha: f
         q, v = parts["q"], parts["v"]
         mapped[qkv_bias_name(layer)] = torch.cat([q, torch.zeros_like(v), v])
     vit_size = _vit_trained_size(mapped, base_weights, config.vision_config)
-    mismatched = [f"{name}: checkpoint {tuple(t.shape)}, base {tuple(base_weights[name].shape)}"
+    untied, refused = _place_tied(tied, mapped, family)
+    mismatched = [f"{key}: differs from {name}, to which --base ties it, and only T5's output head can be untied"
+                  for key, name in refused] + [f"{name}: checkpoint {tuple(t.shape)}, base {tuple(base_weights[name].shape)}"
                   for name, t in mapped.items() if name in base_weights and t.shape != base_weights[name].shape
                   and not (name == POSITION and vit_size)]
     from_base = [n for n in base_weights if n not in mapped]
@@ -91,6 +96,8 @@ def import_lavis(checkpoint, base, out, lora_r: int | None = None, lora_alpha: f
 
     weights = {name: mapped[name].detach().clone().contiguous() if name in mapped else base_weights[name]
                for name in base_weights}
+    # transformers unties T5's head at load when the file holds both it and `shared` with other values
+    weights.update({name: t.detach().clone().contiguous() for name, t in untied.items()})
     for name, pair in lora.items():
         w = weights[name]
         weights[name] = (w.float() + (pair["B"].float() @ pair["A"].float()) * scale).to(w.dtype).contiguous()
@@ -98,8 +105,32 @@ def import_lavis(checkpoint, base, out, lora_r: int | None = None, lora_alpha: f
     counts = {}
     for name in from_base:
         counts[name.split(".")[0]] = counts.get(name.split(".")[0], 0) + 1
-    return {"out": str(out), "family": family, "from_checkpoint": len(mapped), "from_base": counts,
+    return {"out": str(out), "family": family, "from_checkpoint": len(mapped) + len(untied), "from_base": counts,
             "lora_merged": len(lora), "lora_r": r, "lora_alpha": alpha, "image_size": image_size}
+
+
+def _place_tied(tied: list, mapped: dict, family: str) -> tuple[dict, list]:
+    """Checkpoint tensors whose names --base ties to another weight (LAVIS lists every alias).
+
+    A tensor equal to its canonical one is the same weight under another name. One that differs is not
+    dropped: T5's output head (FLAN-T5's is separate from `shared`; transformers 5 ties it in the config
+    and unties it at load only when the file holds both) is returned to be written under its own name;
+    any other is refused, as (key, canonical name). Heads go last, so that a group
+    whose canonical name is absent from the checkpoint takes an embedding, never the head.
+    """
+    import torch
+
+    untied, refused = {}, []
+    for key, alias, name, tensor in sorted(tied, key=lambda item: item[1].endswith("lm_head.weight")):
+        if name not in mapped:
+            mapped[name] = tensor
+        elif torch.equal(tensor, mapped[name]):
+            continue
+        elif family == "t5" and alias == "language_model.lm_head.weight":
+            untied[alias] = tensor
+        else:
+            refused.append((key, name))
+    return untied, refused
 
 
 def read_checkpoint(path: Path) -> tuple[dict, dict]:
@@ -246,8 +277,7 @@ def _write_folder(base: Path, out: Path, weights: dict, family: str, run_config:
     if isinstance(model_cfg.get("prompt"), str):
         meta["prompt"] = model_cfg["prompt"]
     (out / "videocap.json").write_text(json.dumps(meta, indent=2))
-    preprocessor = json.loads((out / "preprocessor_config.json").read_text())
-    size = preprocessor.get("size", {}).get("height") or preprocessor.get("image_size")
+    size = read_image_settings(out)[0]  # processor_config.json or preprocessor_config.json, via transformers
     trained = model_cfg.get("image_size")
     if vit_size:  # the ViT itself was trained at another size: the folder's native size becomes that
         config = json.loads((out / "config.json").read_text())
@@ -256,7 +286,6 @@ def _write_folder(base: Path, out: Path, weights: dict, family: str, run_config:
         trained = vit_size if not isinstance(trained, int) else trained
     if isinstance(trained, int) and trained != size:
         # LAVIS fed the (interpolated) ViT frames of this size; build_model interpolates the same way.
-        preprocessor["size"] = {"height": trained, "width": trained}
-        (out / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
+        set_image_size(out, trained)
         size = trained
     return size

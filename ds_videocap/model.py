@@ -23,8 +23,9 @@ MAX_FRAMES = 64  # rows of a frame-index embedding built here (the planner count
 class VideoCaptioner(nn.Module):
     def __init__(self, hf_model, tokenizer, family: str, *, fusion: str = "concat", prompt: str = "",
                  frame_embedding: torch.Tensor | None = None, max_txt_len: int = 50,
-                 qformer_tokenizer=None, qformer_text: bool = False, image_size: int | None = None,
-                 image_mean: tuple = (), image_std: tuple = (), frames: int | None = None):
+                 qformer_tokenizer=None, qformer_text: bool = False, train_bos: bool = False,
+                 image_size: int | None = None, image_mean: tuple = (), image_std: tuple = (),
+                 frames: int | None = None):
         """image_size/mean/std: how the data pipeline must resize and normalise frames for this ViT
         (export writes them back); frames: the frame count it was trained with, when known."""
         super().__init__()
@@ -40,6 +41,8 @@ class VideoCaptioner(nn.Module):
         self.qformer_text = qformer_text
         self.num_query_tokens = hf_model.config.num_query_tokens
         self.is_encoder_decoder = not hf_model.config.use_decoder_only_language_model
+        # LAVIS's Blip2OPT (empty prompt) also trains the last visual position to predict bos.
+        self.train_bos = train_bos and not self.is_encoder_decoder and not self.prompt
         self.frame_embedding = None if frame_embedding is None else nn.Parameter(frame_embedding)
         self.pad_id = tokenizer.pad_token_id
         self.stop_ids = self._stop_ids()
@@ -144,8 +147,9 @@ class VideoCaptioner(nn.Module):
         return embeds, torch.ones(embeds.shape[:-1], dtype=torch.long, device=visual.device)
 
     # ----- training and scoring ---------------------------------------------------------------
-    def _caption_logits(self, visual, caption_ids, caption_mask) -> torch.Tensor:
-        """Logits (B, L, vocab) predicting each caption token, teacher-forced."""
+    def _caption_logits(self, visual, caption_ids, caption_mask, bos_too: bool = False) -> torch.Tensor:
+        """Logits (B, L, vocab) predicting each caption token, teacher-forced; bos_too (decoder-only)
+        prepends the last visual position's logits, which predict bos."""
         embeds, mask = self._prefix(visual)
         lm = self.language_model
         if self.is_encoder_decoder:
@@ -158,7 +162,7 @@ class VideoCaptioner(nn.Module):
         out = lm(inputs_embeds=torch.cat([embeds, caption_embeds], 1),
                  attention_mask=torch.cat([mask, caption_mask.to(mask.dtype)], 1))
         # The prefix's last position predicts the first caption token.
-        return out.logits[:, embeds.shape[1] - 1: -1]
+        return out.logits[:, embeds.shape[1] - 1 - int(bos_too): -1]
 
     def forward(self, pixel_values, input_ids=None, attention_mask=None, labels=None, sequences=None,
                 generate_kwargs: dict | None = None):
@@ -175,8 +179,12 @@ class VideoCaptioner(nn.Module):
         if sequences is not None:
             return self.sequence_logprobs(pixel_values, sequences)
         visual = self.encode_visual(pixel_values)
-        logits = self._caption_logits(visual, input_ids.to(visual.device), attention_mask.to(visual.device))
-        return F.cross_entropy(logits.float().flatten(0, 1), labels.to(visual.device).flatten(), ignore_index=-100)
+        logits = self._caption_logits(visual, input_ids.to(visual.device), attention_mask.to(visual.device),
+                                      bos_too=self.train_bos)
+        labels = labels.to(visual.device)
+        if self.train_bos:
+            labels = torch.cat([torch.full_like(labels[:, :1], self.tokenizer.bos_token_id), labels], 1)
+        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
 
     def sequence_logprobs(self, pixel_values, sequences) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token log-probs (with grad) of B*K sampled captions, and their caption mask.

@@ -158,7 +158,7 @@ def build_shape(cfg, spec: ModelSpec, micro_batch: int) -> Shape:
     # ~1.3 sentencepiece/BPE pieces per English word, plus </s> (T5 encoder) or <bos> (decoders)
     prompt_tokens = math.ceil(1.3 * len(prompt.split())) + 1
     layers = spec.dims["llm_layers"] + spec.dims.get("llm_decoder_layers", 0)
-    return Shape(micro_batch=micro_batch, frames=cfg.data.frames, fusion=cfg.model.fusion,
+    return Shape(micro_batch=micro_batch, frames=cfg.data.frames, fusion=cfg.model.fusion or "concat",
                  prompt_tokens=prompt_tokens, caption_tokens=cfg.model.max_txt_len,
                  train_vit=cfg.model.vit == "full", train_llm=cfg.model.llm, ckpt_llm=cfg.model.grad_checkpointing_llm,
                  ckpt_vit=cfg.model.grad_checkpointing_vit, quant=cfg.model.quant, lora_r=cfg.lora.r,

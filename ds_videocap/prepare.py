@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .annotations import read_annotations
-from .build import build_model, build_tiny_folder, count_parameters, input_size
+from .build import build_model, build_tiny_folder, count_parameters, image_settings, input_size
 from .recipe_io import save_config
 from .engine import barrier, rank_and_world
 from .errors import UserError
@@ -63,15 +63,21 @@ def resolve_model_folder(cfg, rank: int):
                               seed=cfg.seed)
         cfg = replace(cfg, model=replace(cfg.model, path=str(folder)))
     barrier()
-    return replace(cfg, data=replace(cfg.data, image_size=input_size(cfg.model.path, cfg.model)))
+    _, mean, std = image_settings(cfg.model.path)  # normalise as the folder's image processor does
+    return replace(cfg, data=replace(cfg.data, image_size=input_size(cfg.model.path, cfg.model),
+                                     image_mean=cfg.data.image_mean or list(mean),
+                                     image_std=cfg.data.image_std or list(std)))
 
 
 def prepare_model(cfg, ds_config: dict, rank: int, say):
-    """-> (resolved recipe, model): the folder resolved, config.yaml written (rank 0), the model built."""
+    """-> (resolved recipe, model): the folder resolved, the model built, config.yaml written (rank 0)
+    with what the folder family's defaults resolved to (fusion, qformer_text), so that the run folder
+    says what was trained."""
     cfg = resolve_model_folder(cfg, rank)
+    model = build_model(cfg.model, cfg.lora, ds_config=ds_config)
+    cfg = replace(cfg, model=replace(cfg.model, fusion=model.fusion, qformer_text=model.qformer_text))
     if rank == 0:
         save_config(cfg, Path(cfg.output_dir) / "config.yaml")
-    model = build_model(cfg.model, cfg.lora, ds_config=ds_config)
     trainable, total = count_parameters(model)
     say(f"[model] {total:,} parameters, {trainable:,} trainable ({100 * trainable / max(total, 1):.1f}%)")
     return cfg, model

@@ -196,8 +196,9 @@ def _frame_to_rgb(frame, size) -> np.ndarray:
     return frame.to_ndarray(format="rgb24")
 
 
-def frames_to_tensor(frames: np.ndarray, augment: bool = False, rng=None):
-    """uint8 (T, H, W, 3) -> float (T, 3, H, W) contiguous, CLIP-normalised; `augment` adds the
+def frames_to_tensor(frames: np.ndarray, augment: bool = False, rng=None, mean=CLIP_MEAN, std=CLIP_STD):
+    """uint8 (T, H, W, 3) -> float (T, 3, H, W) contiguous, normalised with the model folder's `mean` and
+    `std` (CLIP's by default); `augment` adds the
     training random-resized-crop (scale 0.5-1, aspect 3/4-4/3, one crop for the whole clip) and a
     horizontal flip with probability 1/2."""
     import torch
@@ -213,8 +214,8 @@ def frames_to_tensor(frames: np.ndarray, augment: bool = False, rng=None):
         # channels-last view runs about ten times slower.
         x = torch.empty(x.shape, dtype=torch.float32).copy_(x)
     # (x / 255 - mean) / std folded into one multiply and one subtract.
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    scale, shift = 1.0 / (255.0 * std), torch.tensor(CLIP_MEAN).view(1, 3, 1, 1) / std
+    std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    scale, shift = 1.0 / (255.0 * std), torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) / std
     return x.mul_(scale).sub_(shift)
 
 

@@ -45,7 +45,7 @@ def test_trainable_parameters_per_flag(tiny_folders, family):
 
 def test_missing_files_name_the_file(tiny_folders, tmp_path):
     for missing, named in (("config.json", "config.json"), ("tokenizer.json", "tokenizer"),
-                           ("preprocessor_config.json", "preprocessor_config.json"),
+                           ("processor_config.json", "processor_config.json or preprocessor_config.json"),
                            ("model.safetensors", "model.safetensors")):
         broken = tmp_path / missing
         shutil.copytree(tiny_folders["opt"], broken)

@@ -174,3 +174,50 @@ def test_wrong_family_and_wrong_lora_rank_are_refused(tmp_path, tiny_folders, ca
     assert rc == 2 and "t5" in capsys.readouterr().err
     rc, _ = run_import(tmp_path, tiny_folders["t5"], state, extra=("--lora-r", "8"))
     assert rc == 2 and "rank 4" in capsys.readouterr().err
+
+
+def test_t5_separate_head_is_imported_untied(tmp_path, tiny_folders):
+    """FLAN-T5's head differs from `shared`; the --base folder (transformers 5) ties it in its config and
+    holds only `shared`. The checkpoint's head must reach the imported model, not be dropped."""
+    from transformers import Blip2ForConditionalGeneration
+
+    state, expected = make_checkpoint(tiny_folders["t5"], "t5", llm="full", vit=False)
+    shared = state["t5_model.shared.weight"]
+    state["t5_model.encoder.embed_tokens.weight"] = shared  # LAVIS lists every alias of `shared`
+    state["t5_model.decoder.embed_tokens.weight"] = shared
+    head = torch.randn(shared.shape, generator=torch.Generator().manual_seed(9))
+    state["t5_model.lm_head.weight"] = head
+    rc, out = run_import(tmp_path, tiny_folders["t5"], state)
+    assert rc == 0
+    check_weights(out, "t5", expected)
+    loaded = Blip2ForConditionalGeneration.from_pretrained(out)
+    assert torch.equal(loaded.language_model.get_output_embeddings().weight, head)
+    assert torch.equal(loaded.language_model.get_input_embeddings().weight, shared)
+
+
+def test_a_differing_tied_tensor_that_cannot_be_untied_is_refused(tmp_path, tiny_folders, capsys):
+    state, _ = make_checkpoint(tiny_folders["opt"], "opt", llm="full", vit=False)
+    state["opt_model.lm_head.weight"] = state["opt_model.model.decoder.embed_tokens.weight"] + 1.0
+    rc, out = run_import(tmp_path, tiny_folders["opt"], state)
+    err = capsys.readouterr().err
+    assert rc == 2 and "opt_model.lm_head.weight" in err and "ties" in err and not out.exists()
+
+
+def test_base_in_the_older_processor_layout(tmp_path, tiny_folders):
+    """A --base saved by transformers 4 (preprocessor_config.json): read, and resized, through transformers."""
+    import json
+    import shutil
+
+    from transformers import BlipImageProcessor
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_folders["t5"], base)
+    (base / "processor_config.json").unlink()
+    settings = BlipImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.2, 0.2])
+    (base / "preprocessor_config.json").write_text(json.dumps({**settings.to_dict(), "processor_class": "Blip2Processor"}))
+    state, expected = make_checkpoint(base, "t5", llm="frozen", vit=False)
+    rc, out = run_import(tmp_path, base, state, {"model": {"image_size": 48}})
+    assert rc == 0
+    check_weights(out, "t5", expected)
+    model = load(out)
+    assert model.image_size == 48 and model.image_mean == pytest.approx((0.5, 0.4, 0.3))

@@ -114,7 +114,7 @@ def test_instruction_reaches_the_qformer_only_when_asked(tiny_folders):
     pixels = frames(batch=2, t=2)
     plain = load(tiny_folders["llama"]).eval()
     instructed = load(tiny_folders["llama"], qformer_text=True, prompt="a short description:").eval()
-    assert instructed.qformer_tokenizer is not None and plain.qformer_tokenizer is None
+    assert instructed.qformer_text and not plain.qformer_text
     with torch.no_grad():
         a, b = plain.encode_visual(pixels), instructed.encode_visual(pixels)
     assert a.shape == b.shape == (2, plain.num_query_tokens, a.shape[-1])

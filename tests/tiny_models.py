@@ -35,3 +35,27 @@ def load(folder, lora=None, **model_fields):
 def frames(batch=2, t=3, size=32, seed=0):
     import torch
     return torch.randn(batch, t, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def instructblip_video_folder(source, out, bos: bool = True):
+    """The tiny InstructBLIP folder `source` as an InstructBLIP-Video folder (model_type instructblipvideo,
+    the same weights), saved by transformers; bos=True: its tokenizer adds bos, as Vicuna's does."""
+    import shutil
+
+    from transformers import (AutoTokenizer, InstructBlipForConditionalGeneration, InstructBlipVideoConfig,
+                              InstructBlipVideoForConditionalGeneration)
+
+    shutil.copytree(source, out)
+    (out / "videocap.json").unlink(missing_ok=True)  # a plain hub-style folder: no side files
+    image = InstructBlipForConditionalGeneration.from_pretrained(source)
+    parts = image.config.to_dict()
+    config = InstructBlipVideoConfig(vision_config=parts["vision_config"], qformer_config=parts["qformer_config"],
+                                     text_config=parts["text_config"], num_query_tokens=parts["num_query_tokens"],
+                                     video_token_index=parts["image_token_index"])
+    video = InstructBlipVideoForConditionalGeneration(config)
+    video.load_state_dict(image.state_dict())
+    video.save_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(source)
+    tok.add_bos_token = bos
+    tok.save_pretrained(out)
+    return out
