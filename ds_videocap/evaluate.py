@@ -150,9 +150,13 @@ def _eval_data_cfg(model, cfg, args):
 
 
 def _eval_cfg(cfg, args):
-    return replace(cfg.eval, **{k: v for k, v in dict(
+    eval_cfg = replace(cfg.eval, **{k: v for k, v in dict(
         num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
         batch_size=args.batch_size).items() if v is not None})
+    if eval_cfg.min_new_tokens > eval_cfg.max_new_tokens:  # generate() would ignore one of them
+        raise UserError(f"--min-new-tokens ({eval_cfg.min_new_tokens}) must be <= --max-new-tokens "
+                        f"({eval_cfg.max_new_tokens})")
+    return eval_cfg
 
 
 def _maybe_init_distributed():

@@ -19,6 +19,9 @@ def check_run(args, default_ds_config: str):
     from .engine import read_ds_config
 
     cfg = load_recipe(args.recipe, args.overrides)
+    if not (cfg.ce.steps or cfg.ce.epochs or cfg.scst.steps):  # else StopIteration after dist init
+        raise UserError(f"recipe '{cfg.name}': fields 'ce.steps' and 'scst.steps' are both 0: nothing to "
+                        "train; give at least one phase steps >= 1")
     ds_config = read_ds_config(args.deepspeed or default_ds_config)
     if cfg.synth_dir:
         fill_synth_paths(cfg)
