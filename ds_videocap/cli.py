@@ -6,7 +6,6 @@ A user's mistake (ConfigError, AnnotationError, ...) prints one line and exits 2
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 
 
@@ -202,12 +201,14 @@ def print_json(args, payload, indent: int | None = None) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .errors import UserError
-    # With --json, standard output carries the JSON only: libraries' chatter (DeepSpeed's logger,
-    # pycocoevalcap's prints) goes to stderr, so `ds-videocap ... --json | jq` works.
+    from .noise import quiet_libraries
+    # With --json, and for eval's and caption's tables, standard output carries the result only:
+    # libraries' chatter (DeepSpeed's logger and prints, pycocoevalcap's prints) goes to the noise
+    # log (stderr with --verbose), so `ds-videocap ... --json | jq` works.
     args.json_out = sys.stdout
-    quiet = contextlib.redirect_stdout(sys.stderr) if getattr(args, "json", False) else contextlib.nullcontext()
+    pure = getattr(args, "json", False) or args.cmd in ("eval", "caption")
     try:
-        with quiet:
+        with quiet_libraries(getattr(args, "verbose", False), capture_stdout=pure):
             code = _dispatch(args) or 0
     except UserError as err:
         print(f"ds-videocap {args.cmd}: error: {err}", file=sys.stderr)

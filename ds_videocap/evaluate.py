@@ -33,12 +33,15 @@ def _dist() -> tuple[int, int]:
 
 
 def decode_clips(model_context, clips, data_cfg, gen_kwargs: dict, batch_size: int,
-                 device="cpu", dtype=torch.float32) -> tuple[dict, list]:
+                 device="cpu", dtype=torch.float32, progress: bool = False) -> tuple[dict, list]:
     """Captions for `clips` -> ({video_id: caption}, skipped) on every rank.
 
     `model_context` is a context manager yielding (model, synced_gpus): the engine's generation
-    context in training, or a plain model wrapped by `plain_context`.
+    context in training, or a plain model wrapped by `plain_context`. `progress`: a bar on stderr
+    (rank 0) for `eval` and `caption`, whose work can take hours.
     """
+    from tqdm import tqdm
+
     from .data import VideoCaptionDataset, collate_clips, shard_indices
 
     rank, world = _dist()
@@ -50,9 +53,12 @@ def decode_clips(model_context, clips, data_cfg, gen_kwargs: dict, batch_size: i
     # Under per-layer synced ZeRO-3 generation every rank must run the same number of generate calls.
     n_batches = -(-((len(clips) + world - 1) // world) // batch_size)
     captions, skipped, last = {}, [], None
-    with model_context as (model, synced):
+    bar = tqdm(total=len(clips), desc="captioning", unit="video", file=sys.stderr,
+               disable=not progress or rank != 0, dynamic_ncols=True)  # rank 0 counts for all ranks
+    with model_context as (model, synced), bar:
         batches = iter(loader)
-        for _ in range(n_batches):
+        for i in range(n_batches):
+            bar.update(min(batch_size * world, bar.total - bar.n) if i else 0)  # the batches done so far
             batch = next(batches, None)
             if batch is not None:
                 skipped.extend(batch["skipped"])
@@ -68,6 +74,7 @@ def decode_clips(model_context, clips, data_cfg, gen_kwargs: dict, batch_size: i
             out = model.generate(source["pixel_values"].to(device, dtype), synced_gpus=synced, **gen_kwargs)
             if real:
                 captions.update(zip(batch["video_ids"], model.decode(out)))
+        bar.update(bar.total - bar.n)
     if world > 1:
         gathered = [None] * world
         torch.distributed.all_gather_object(gathered, (captions, skipped))
@@ -175,7 +182,7 @@ def eval_command(args) -> int:
     data_cfg, eval_cfg = _eval_data_cfg(model, cfg, args), _eval_cfg(cfg, args)
     clips = read_annotations(args.annotations, args.videos, fmt=args.format)
     captions, skipped = decode_clips(plain_context(model), clips, data_cfg, decode_kwargs(eval_cfg),
-                                     eval_cfg.batch_size)
+                                     eval_cfg.batch_size, progress=True)
     if _dist()[0] != 0:
         return 0
     if args.results:
@@ -185,9 +192,10 @@ def eval_command(args) -> int:
     if args.json:
         print_json(args, scores)
     else:
+        out = getattr(args, "json_out", None) or sys.stdout  # the stdout main() kept aside for results
         for key, value in scores.items():
             if key != "skipped_videos":
-                print(f"{key:>12}  {value:.4f}" if isinstance(value, float) else f"{key:>12}  {value}")
+                print(f"{key:>12}  {value:.4f}" if isinstance(value, float) else f"{key:>12}  {value}", file=out)
         for s in skipped:
             print(f"skipped {s['video']}: {s['reason']}", file=sys.stderr)
     return 0
@@ -215,13 +223,14 @@ def caption_command(args) -> int:
     videos = _expand_inputs(args.inputs)
     clips = [Clip(video_id=str(i), video=str(v), captions=[], split=None) for i, v in enumerate(videos)]
     captions, skipped = decode_clips(plain_context(model), clips, data_cfg, decode_kwargs(eval_cfg),
-                                     eval_cfg.batch_size)
+                                     eval_cfg.batch_size, progress=True)
     rows = [{"video": str(v), "caption": captions[str(i)]} for i, v in enumerate(videos) if str(i) in captions]
     if args.json:
         print_json(args, rows, indent=1)
     else:
+        out = getattr(args, "json_out", None) or sys.stdout  # the stdout main() kept aside for results
         for row in rows:
-            print(f"{row['video']}\t{row['caption']}")
+            print(f"{row['video']}\t{row['caption']}", file=out)
     for s in skipped:
         print(f"skipped {s['video']}: {s['reason']}", file=sys.stderr)
     return 0 if not skipped else 1

@@ -18,11 +18,15 @@ def check_run(args, default_ds_config: str):
     from .config import load_recipe, validate
     from .engine import read_ds_config
 
-    cfg = load_recipe(args.recipe, args.overrides)
+    from .paths import absolute_paths, shipped_values, user_file
+
+    recipe = user_file(args.recipe)  # paths the user gives are relative to where they stand
+    cfg = load_recipe(recipe, args.overrides)
+    absolute_paths(cfg, shipped_values(recipe))  # stored absolute: eval/export/report work from anywhere
     if not (cfg.ce.steps or cfg.ce.epochs or cfg.scst.steps):  # else StopIteration after dist init
         raise UserError(f"recipe '{cfg.name}': fields 'ce.steps' and 'scst.steps' are both 0: nothing to "
                         "train; give at least one phase steps >= 1")
-    ds_config = read_ds_config(args.deepspeed or default_ds_config)
+    ds_config = read_ds_config(user_file(args.deepspeed) or default_ds_config)
     if cfg.synth_dir:
         fill_synth_paths(cfg)
     else:

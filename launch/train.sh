@@ -11,6 +11,9 @@
 #              launcher's --no_ssh mode; a HOSTFILE, if set, names the nodes, else one is written)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+# Paths the user gives (DS_JSON, a recipe file, key=value paths) are relative to where they stand;
+# ds-videocap resolves them against this folder, since the launcher runs from the repository root.
+export DS_VIDEOCAP_CWD="$PWD"
 cd "$ROOT"
 
 RECIPE=synth
