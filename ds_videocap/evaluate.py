@@ -115,6 +115,7 @@ def load_captioner(checkpoint: str | Path):
     from .build import build_model
     from .checkpoints import COMPLETE, complete_checkpoints, read_full_state_dict
     from .config import ModelCfg, RecipeCfg, load_saved_config
+    from .paths import follow_run_folder
 
     folder = Path(checkpoint)
     if (folder / "checkpoints").is_dir():  # a run folder: its best checkpoint, else the last one
@@ -136,6 +137,7 @@ def load_captioner(checkpoint: str | Path):
         if not run_cfg.is_file():
             raise UserError(f"{folder}: no config.yaml in the run folder {folder.parent.parent}")
         cfg = load_saved_config(run_cfg)
+        follow_run_folder(cfg, run_cfg.parent)  # a moved run folder still finds its init_model
         model = build_model(cfg.model, cfg.lora)
         model.frames = cfg.data.frames
         state = read_full_state_dict(folder)

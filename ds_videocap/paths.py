@@ -94,3 +94,17 @@ def absolute_paths(cfg, shipped: dict) -> None:
             for key in ("train", "videos"):
                 if isinstance(source.get(key), str):
                     source[key] = from_user(source[key])
+
+
+def follow_run_folder(cfg, run_dir) -> None:
+    """A run's config read from its folder: paths that pointed inside the run's output_dir (its
+    init_model above all) follow the folder where config.yaml now is, when the run was moved or its
+    config holds paths relative to another folder (runs made before paths were stored absolute)."""
+    old, run_dir = cfg.output_dir, Path(run_dir).resolve()
+    if not old:
+        return
+    for dotted in PATH_FIELDS:
+        value = _get(cfg, dotted)
+        if value and not Path(value).exists() and Path(value).is_relative_to(old):
+            _set(cfg, dotted, str(run_dir / Path(value).relative_to(old)))
+    cfg.output_dir = str(run_dir)

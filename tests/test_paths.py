@@ -56,3 +56,18 @@ def test_a_recipe_file_and_its_paths_resolve_against_the_users_folder(user):
 def test_a_missing_relative_path_names_the_users_folder(user):
     with pytest.raises(UserError, match=rf"field 'data.train': annotation file '{user}/nope.json' not found"):
         check("synth", "mine.json", "synth_dir=null", "data.train=nope.json", "data.videos=data/videos")
+
+
+def test_a_moved_run_folder_finds_its_init_model(tmp_path):
+    from ds_videocap.config import load_recipe
+    from ds_videocap.paths import follow_run_folder
+
+    cfg = load_recipe("synth", ["output_dir=/old/place/run", "model.path=/old/place/run/init_model",
+                                f"data.test={tmp_path / 'cap_test.json'}"])
+    (tmp_path / "cap_test.json").write_text("[]")
+    follow_run_folder(cfg, tmp_path / "run")
+    assert cfg.model.path == str(tmp_path / "run" / "init_model") and cfg.output_dir == str(tmp_path / "run")
+    assert cfg.data.test == str(tmp_path / "cap_test.json")  # outside the run folder: kept
+    relative = load_recipe("synth", ["output_dir=runs/synth", "model.path=runs/synth/init_model"])
+    follow_run_folder(relative, tmp_path / "elsewhere" / "synth")  # a config from before absolute paths
+    assert relative.model.path == str(tmp_path / "elsewhere" / "synth" / "init_model")
