@@ -72,3 +72,17 @@ def test_decoded_and_scored_per_video(four_videos, tiny_folders, tmp_path):
     assert sorted(written) == sorted(CAPTIONS)  # results' image_id: one per video
     scores = score_split(captions, clips)
     assert scores["clips"] == scores["decoded"] == 4
+
+
+def test_data_check_names_an_unused_namesake(tmp_path, make_video, capsys):
+    """MSR-VTT-style ids carry no extension: with clip.avi and clip.webm on disk the reader takes
+    clip.avi; data check says that clip.webm, used by no record, has the same name."""
+    make_video("videos/clip.avi", frames=6, width=32, height=32, codec="mpeg4")
+    make_video("videos/clip.webm", frames=6, width=32, height=32, codec="libvpx-vp9")
+    ann = tmp_path / "AllVideoDescriptions.txt"
+    ann.write_text("clip a grey square\n")
+    code = main(["data", "check", str(ann), "--videos", str(tmp_path / "videos"), "--frames", "2", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["clips"] == 1
+    assert [p["file"] for p in report["problems"]] == [str(tmp_path / "videos" / "clip.avi")]
+    assert "clip.webm" in report["problems"][0]["reason"]
