@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .annotations import FORMATS as ANNOTATION_FORMATS  # light: json, csv, re
+
 
 DESCRIPTION = """Caption videos with BLIP-2 / InstructBLIP models and train them on DeepSpeed.
 
@@ -60,7 +62,7 @@ def _parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
     return p
 
 
-FORMATS = ["auto", "lavis", "msrvtt", "msvd", "vatex", "jsonl"]
+FORMATS = ["auto", *ANNOTATION_FORMATS]
 
 
 def _add_data(sub) -> None:
