@@ -17,7 +17,6 @@ from .errors import UserError
 def check_run(args, default_ds_config: str):
     from .config import load_recipe, validate
     from .engine import read_ds_config
-
     from .paths import absolute_paths, shipped_values, user_file
 
     recipe = user_file(args.recipe)  # paths the user gives are relative to where they stand
