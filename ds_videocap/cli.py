@@ -76,7 +76,8 @@ def _add_data(sub) -> None:
     synth.add_argument("--seed", type=int, default=0, help="random seed of the generated set")
     check = _parser(data, "check", "read every record and open every video")
     check.add_argument("annotations", help="the annotation file to check")
-    check.add_argument("--videos", default=None, help="videos root the annotation's video paths are relative to")
+    check.add_argument("--videos", default=None, metavar="DIR",
+                       help="videos root the annotation's video paths are relative to")
     check.add_argument("--format", default="auto", choices=FORMATS, help="annotation format")
     check.add_argument("--frames", type=_at_least(1), default=8, help="frames decoded per video")
     check.add_argument("--backend", default="decord", choices=["decord", "pyav"], help="video reader")
@@ -94,37 +95,41 @@ def _add_train(sub) -> None:
 
 def _add_eval(sub) -> None:
     ev = _parser(sub, "eval", "caption an annotation split and score it (BLEU, METEOR, ROUGE-L, CIDEr)")
-    ev.add_argument("--checkpoint", required=True, help="a run folder, a checkpoint folder or a Hugging Face folder")
-    ev.add_argument("--annotations", required=True, help="annotation file of the split to score")
-    ev.add_argument("--videos", default=None, help="videos root the annotation's video paths are relative to")
-    ev.add_argument("--results", default=None, help="also write the captions here as [{image_id, caption}]")
+    ev.add_argument("--checkpoint", required=True, metavar="DIR",
+                    help="a run folder, a checkpoint folder or a Hugging Face folder")
+    ev.add_argument("--annotations", required=True, metavar="FILE", help="annotation file of the split to score")
+    ev.add_argument("--videos", default=None, metavar="DIR",
+                    help="videos root the annotation's video paths are relative to")
+    ev.add_argument("--results", default=None, metavar="FILE",
+                    help="also write the captions here as [{image_id, caption}]")
     ev.add_argument("--json", action="store_true", help="print the scores as one JSON object")
     ev.add_argument("--format", default="auto", choices=FORMATS, help="annotation format")
     ev.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)
     _add_decode_options(ev)
     cap = _parser(sub, "caption", "caption video files or folders of videos")
-    cap.add_argument("--checkpoint", required=True, help="a run folder, a checkpoint folder or a Hugging Face folder")
+    cap.add_argument("--checkpoint", required=True, metavar="DIR",
+                     help="a run folder, a checkpoint folder or a Hugging Face folder")
     cap.add_argument("inputs", nargs="+", help="video files or folders (searched recursively)")
     cap.add_argument("--json", action="store_true", help="print [{video, caption}] as JSON instead of a table")
     _add_decode_options(cap)
 
 
 def _add_decode_options(p) -> None:
-    p.add_argument("--num-beams", type=_at_least(1), default=None,
+    p.add_argument("--num-beams", type=_at_least(1), default=None, metavar="N",
                    help="beam search width (default: the run's recipe, else 5)")
-    p.add_argument("--max-new-tokens", type=_at_least(1), default=None,
+    p.add_argument("--max-new-tokens", type=_at_least(1), default=None, metavar="N",
                    help="longest caption in tokens (default: the run's recipe, else 32)")
-    p.add_argument("--min-new-tokens", type=_at_least(0), default=None,
+    p.add_argument("--min-new-tokens", type=_at_least(0), default=None, metavar="N",
                    help="shortest caption in tokens (default: the run's recipe, else 5)")
-    p.add_argument("--batch-size", type=_at_least(1), default=None,
+    p.add_argument("--batch-size", type=_at_least(1), default=None, metavar="N",
                    help="videos decoded per batch (default: the run's recipe, else 16)")
-    p.add_argument("--frames", type=_at_least(1), default=None,
+    p.add_argument("--frames", type=_at_least(1), default=None, metavar="T",
                    help="frames sampled per video (default: the checkpoint's)")
 
 
 def _add_tools(sub) -> None:
     ex = _parser(sub, "export", "write a checkpoint as a Hugging Face folder")
-    ex.add_argument("--checkpoint", required=True, help="a run folder or one of its checkpoint folders")
+    ex.add_argument("--checkpoint", required=True, metavar="DIR", help="a run folder or one of its checkpoint folders")
     ex.add_argument("--out", required=True, help="the Hugging Face folder to write")
     ex.add_argument("--keep-adapter", action="store_true", help="keep LoRA as a PEFT adapter instead of merging")
     rep = _parser(sub, "report", "write one self-contained HTML page for a run")
@@ -138,7 +143,7 @@ def _add_tools(sub) -> None:
     plan.add_argument("--json", action="store_true", help="print the plan as one JSON object")
     plan.add_argument("overrides", nargs="*", help="key=value recipe overrides, e.g. ce.micro_batch=16")
     imp = _parser(sub, "import-lavis", "convert a LAVIS BLIP-2 .pth into a Hugging Face folder")
-    imp.add_argument("--checkpoint", required=True, help="the LAVIS checkpoint (.pth)")
+    imp.add_argument("--checkpoint", required=True, metavar="DIR", help="the LAVIS checkpoint (.pth)")
     imp.add_argument("--base", required=True, help="the Hugging Face folder whose architecture it maps onto")
     imp.add_argument("--out", required=True, help="the Hugging Face folder to write")
     imp.add_argument("--lora-r", type=_at_least(1), default=None,
