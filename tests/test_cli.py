@@ -81,7 +81,8 @@ def test_every_option_has_help_and_shows_its_default():
         text = parser.format_help()
         for action in parser._actions:
             # a real default is shown; a None default is explained in the help text itself
-            if action.option_strings and action.help != argparse.SUPPRESS and action.default not in (None, False, argparse.SUPPRESS):
+            shown = action.help != argparse.SUPPRESS and action.default not in (None, False, argparse.SUPPRESS)
+            if action.option_strings and shown:
                 assert f"default: {action.default}" in " ".join(text.split()), (prog, action.dest)
     caption = " ".join(parsers["ds-videocap caption"].format_help().split())
     assert "beam search width (default: the run's recipe, else 5)" in caption

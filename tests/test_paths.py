@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def user(tmp_path, monkeypatch):
     home = tmp_path / "user"
     (home / "data" / "videos").mkdir(parents=True)
-    (home / "data" / "train.json").write_text(json.dumps([{"video": f"v{i}.mp4", "caption": "a dog"} for i in range(8)]))
+    records = [{"video": f"v{i}.mp4", "caption": "a dog"} for i in range(8)]
+    (home / "data" / "train.json").write_text(json.dumps(records))
     shutil.copy(ROOT / "ds_configs" / "zero0.json", home / "mine.json")
     (home / "my_recipe.yaml").write_text("model: {tiny: opt}\ndata: {train: data/train.json, videos: data/videos}\n"
                                          "ce: {micro_batch: 2}\nscst: {steps: 0}\n")
@@ -36,7 +37,8 @@ def test_overrides_and_the_json_resolve_against_the_users_folder(user):
     cfg, ds_config = check("synth", "mine.json", "synth_dir=null", "data.train=data/train.json",
                            "data.videos=data/videos", "output_dir=out", "ce.micro_batch=2", "scst.steps=0", "resume=auto")
     assert ds_config["_source"] == str(user / "mine.json")
-    assert cfg.data.train == str(user / "data" / "train.json") and cfg.data.videos == str(user / "data" / "videos")
+    assert cfg.data.train == str(user / "data" / "train.json")
+    assert cfg.data.videos == str(user / "data" / "videos")
     assert cfg.output_dir == str(user / "out") and cfg.resume == "auto"
 
 
