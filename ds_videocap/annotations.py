@@ -1,13 +1,15 @@
 """Annotation readers: LAVIS caption JSON, MSR-VTT, MSVD, VATEX and JSONL -> one list of Clip records.
 
 Every reader groups captions by video (the LAVIS train form has one record per caption) and resolves
-video paths against a videos root, finding the extension when the annotation leaves it out. A
-malformed file raises one AnnotationError naming the file, the record (index or line) and the field.
+video paths against a videos root, finding the extension when the annotation leaves it out. A clip's id
+is the one its format gives (image_id, video_id, videoID, MSVD clip name), else the video path as written,
+never the stem. A malformed file raises one AnnotationError naming the file, the record and the field.
 """
 from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,10 +46,7 @@ def normalize_split(name) -> Optional[str]:
 
 def resolve_video(name: str, videos_root=None) -> str:
     """Join `name` to the videos root; when it has no video extension, try each one on disk."""
-    try:
-        path = Path(str(name)).expanduser()
-    except (RuntimeError, ValueError):  # "~name" with no user of that name (or a NUL byte): a file name
-        path = Path(str(name))
+    path = Path(str(name) if "\x00" in str(name) else os.path.expanduser(str(name)))  # ~nobody: kept as is
     if videos_root is not None and not path.is_absolute():
         path = Path(videos_root) / path
     if path.suffix.lower() in VIDEO_EXTENSIONS or path.is_file():
@@ -173,23 +172,23 @@ def _split_from_name(path: Path) -> Optional[str]:
 
 
 class _Grouper:
-    """Collects captions per video id in first-seen order."""
+    """Collects captions per video id in first-seen order; an id given to two videos is an error."""
 
-    def __init__(self):
-        self.clips: dict = {}
+    def __init__(self, path: Path):
+        self.path, self.clips = path, {}
 
-    def add(self, video_id: str, video: str, captions: list, split=None, attributes=None) -> None:
-        clip = self.clips.get(video_id)
-        if clip is None:
-            self.clips[video_id] = Clip(video_id, video, list(captions), split, attributes)
-        else:
-            clip.captions.extend(captions)
-            clip.attributes = clip.attributes or attributes
+    def add(self, video_id: str, video: str, captions: list, split=None, attributes=None, where: str = "") -> None:
+        clip = self.clips.setdefault(video_id, Clip(video_id, video, [], split, attributes))
+        if clip.video != video:  # merging would give one video both caption sets and drop the other
+            raise AnnotationError(f"{self.path}: {where}: id {video_id!r} already names video '{clip.video}', "
+                                  f"this record's video is '{video}': give each video its own id")
+        clip.captions.extend(captions)
+        clip.attributes = clip.attributes or attributes
 
 
 def _read_lavis(path: Path, data, root) -> list:
     split = _split_from_name(path)
-    group = _Grouper()
+    group = _Grouper(path)
     if isinstance(data, dict):  # COCO ground truth {"annotations": [{"image_id", "caption"}]}
         records = data.get("annotations")
         if not isinstance(records, list):
@@ -197,7 +196,7 @@ def _read_lavis(path: Path, data, root) -> list:
         for i, rec in enumerate(records):
             where = f"annotations[{i}]"
             vid = str(_field(path, where, rec, "image_id", (str, int), "the video id"))
-            group.add(vid, resolve_video(vid, root), _captions(path, where, rec, "caption"), split)
+            group.add(vid, resolve_video(vid, root), _captions(path, where, rec, "caption"), split, where=where)
         return list(group.clips.values())
     if not isinstance(data, list):
         raise AnnotationError(f"{path}: expected a list of {{video, caption, image_id}} records")
@@ -207,10 +206,11 @@ def _read_lavis(path: Path, data, root) -> list:
             video = str(_field(path, where, rec, "image_id", (str, int), "the video id"))
         else:
             video = _field(path, where, rec, "video", str, "the video file, relative to the videos root")
-        vid = str(rec.get("image_id", Path(video).stem))
+        # the path as written, not the stem: a/x.mp4 and b/x.mp4, clip.avi and clip.webm are other videos
+        vid = str(rec["image_id"]) if "image_id" in rec else Path(video).as_posix()
         refs = _captions(path, where, rec, "caption") if "caption" in rec else []
         rec_split = normalize_split(rec["split"]) if "split" in rec else split
-        group.add(vid, resolve_video(video, root), refs, rec_split, _attributes(path, where, rec))
+        group.add(vid, resolve_video(video, root), refs, rec_split, _attributes(path, where, rec), where)
     return list(group.clips.values())
 
 
@@ -218,7 +218,7 @@ def _read_msrvtt(path: Path, data: dict, root) -> list:
     videos, sentences = data.get("videos"), data.get("sentences")
     if not isinstance(videos, list) or not isinstance(sentences, list):
         raise AnnotationError(f"{path}: fields 'videos' and 'sentences' must be lists")
-    group = _Grouper()
+    group = _Grouper(path)
     for i, rec in enumerate(videos):
         vid = _field(path, f"videos[{i}]", rec, "video_id", str, "a video id like 'video0'")
         split = normalize_split(_field(path, f"videos[{i}]", rec, "split", str, "train|validate|test"))
@@ -237,7 +237,7 @@ def _read_vatex(path: Path, data, root) -> list:
     if not isinstance(data, list):
         raise AnnotationError(f"{path}: expected a list of {{videoID, enCap}} records")
     split = _split_from_name(path)
-    group = _Grouper()
+    group = _Grouper(path)
     for i, rec in enumerate(data):
         where = f"record {i}"
         vid = _field(path, where, rec, "videoID", str, "the video id, also the video file name")
@@ -248,7 +248,7 @@ def _read_vatex(path: Path, data, root) -> list:
 
 def _read_msvd(path: Path, root) -> list:
     """AllVideoDescriptions.txt ('clip caption...' lines, '#' comments) or the corpus CSV (English rows)."""
-    group = _Grouper()
+    group = _Grouper(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
@@ -274,7 +274,7 @@ def _read_msvd(path: Path, root) -> list:
 
 
 def _read_jsonl(path: Path, root) -> list:
-    group = _Grouper()
+    group = _Grouper(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
@@ -294,7 +294,7 @@ def _read_jsonl(path: Path, root) -> list:
             refs = _field(path, where, rec, "captions", list, "a list of caption strings")
         else:
             refs = _captions(path, where, rec, "caption") if "caption" in rec else []
-        vid = str(rec.get("video_id", Path(video).stem))
+        vid = str(rec["video_id"]) if "video_id" in rec else Path(video).as_posix()  # not the stem
         split = normalize_split(rec.get("split"))
-        group.add(vid, resolve_video(video, root), refs, split, _attributes(path, where, rec))
+        group.add(vid, resolve_video(video, root), refs, split, _attributes(path, where, rec), where)
     return list(group.clips.values())

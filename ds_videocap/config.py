@@ -251,6 +251,8 @@ def validate(cfg: RecipeCfg) -> None:
                 fail(f"{phase}.{name}", f"must be >= 0, got {getattr(p, name)}")
         if len(p.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in p.betas):
             fail(f"{phase}.betas", f"must be two numbers in [0, 1), got {p.betas}")
+    if not (cfg.ce.steps or cfg.ce.epochs or cfg.scst.steps):  # else StopIteration after dist init
+        fail("ce.steps", "and 'scst.steps' are both 0: nothing to train; give at least one phase steps >= 1")
     if cfg.ce.epochs is not None and cfg.ce.epochs < 1:
         fail("ce.epochs", "must be >= 1")
     if cfg.scst.steps and cfg.scst.samples < 2 and cfg.scst.baseline == "mean_others":

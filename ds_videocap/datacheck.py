@@ -1,7 +1,8 @@
 """`ds-videocap data check`: read every record, open every video, report what training would trip on.
 
-Missing videos, undecodable videos and empty captions make a record unusable (exit 1); duplicates
-are reported but usable. An unreadable annotation file is an AnnotationError (the CLI exits 2).
+Missing videos, undecodable videos and empty captions make a record unusable (exit 1); duplicates, and
+a video beside an unused one of the same name and another extension, are reported but usable. An
+unreadable annotation file is an AnnotationError (the CLI exits 2).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-from .annotations import detect_format, read_annotations
+from .annotations import VIDEO_EXTENSIONS, detect_format, read_annotations
 from .captions import normalize_caption
 from .errors import UserError
 from .output import print_json
@@ -79,6 +80,7 @@ def check_annotations(annotations, videos_root=None, fmt: str = "auto", frames: 
             problems.append({"file": video, "reason": f"duplicate: {count} clip records use this video"})
 
     videos = list(dict.fromkeys(c.video for c in clips))
+    problems += _unused_namesakes(videos)
     missing = [v for v in videos if not os.path.isfile(v)]
     problems += [{"file": v, "reason": "missing"} for v in missing]
     reasons = probe_videos([v for v in videos if os.path.isfile(v)], frames, backend)
@@ -98,6 +100,21 @@ def check_annotations(annotations, videos_root=None, fmt: str = "auto", frames: 
         "duplicates": duplicates,
         "problems": problems,
     }
+
+
+def _unused_namesakes(videos: list) -> list:
+    """A video beside another of the same name and another extension that no record uses: when the
+    annotation named it without extension (MSR-VTT, VATEX, MSVD ids), the reader took the first
+    extension in VIDEO_EXTENSIONS order, and the other may be the clip that was meant. Usable; said."""
+    used, problems = set(videos), []
+    for video in videos:
+        path = Path(video)
+        others = [str(path.with_suffix(ext)) for ext in VIDEO_EXTENSIONS if ext != path.suffix.lower()]
+        unused = [o for o in others if o not in used and os.path.isfile(o)]
+        if unused and path.suffix.lower() in VIDEO_EXTENSIONS:
+            problems.append({"file": video, "reason": f"same name, other extension: {', '.join(unused)} (used "
+                                                      "by no record): name the file with its extension"})
+    return problems
 
 
 def is_usable(report: dict) -> bool:

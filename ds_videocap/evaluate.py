@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from .annotations import VIDEO_EXTENSIONS, Clip, read_annotations
 from .build import build_model, image_settings
@@ -25,6 +26,7 @@ from .errors import UserError
 from .export import read_extras, save_hf_folder
 from .metrics import score_captions, write_results
 from .output import print_json
+from .paths import follow_run_folder
 from .synth import attribute_accuracy
 
 
@@ -35,13 +37,14 @@ def decode_kwargs(eval_cfg, greedy: bool = False) -> dict:
 
 
 def decode_clips(model_context, clips, data_cfg, gen_kwargs: dict, batch_size: int,
-                 device=None, dtype=None) -> tuple[dict, list]:
+                 device=None, dtype=None, progress: bool = False) -> tuple[dict, list]:
     """Captions for `clips` -> ({video_id: caption}, skipped) on every rank.
 
     `model_context` is a context manager yielding (model, synced_gpus): the engine's generation
     context in training, or a plain model wrapped by `plain_context`. Frames go to `device` as
     `dtype`, by default the ViT's own (so a model on a GPU, or loaded quantised onto one, gets its
-    inputs there).
+    inputs there). `progress`: a bar on stderr (rank 0) for `eval` and `caption`, whose work can take
+    hours.
     """
     rank, world = rank_and_world()
     shard = shard_indices(len(clips), rank, world)
@@ -52,10 +55,13 @@ def decode_clips(model_context, clips, data_cfg, gen_kwargs: dict, batch_size: i
     # Under per-layer synced ZeRO-3 generation every rank must run the same number of generate calls.
     n_batches = -(-((len(clips) + world - 1) // world) // batch_size)
     captions, skipped, last = {}, [], None
-    with model_context as (model, synced):
+    bar = tqdm(total=len(clips), desc="captioning", unit="video", file=sys.stderr,
+               disable=not progress or rank != 0, dynamic_ncols=True)  # rank 0 counts for all ranks
+    with model_context as (model, synced), bar:
         device, dtype = device or vit_device(model)[0], dtype or vit_device(model)[1]
         batches = iter(loader)
-        for _ in range(n_batches):
+        for i in range(n_batches):
+            bar.update(min(batch_size * world, bar.total - bar.n) if i else 0)  # the batches done so far
             batch = next(batches, None)
             if batch is not None:
                 skipped.extend(batch["skipped"])
@@ -70,6 +76,7 @@ def decode_clips(model_context, clips, data_cfg, gen_kwargs: dict, batch_size: i
             out = model.generate(source["pixel_values"].to(device, dtype), synced_gpus=synced, **gen_kwargs)
             if real:
                 captions.update(zip(batch["video_ids"], model.decode(out)))
+        bar.update(bar.total - bar.n)
     if world > 1:
         gathered = gather_objects((captions, skipped))
         captions = {k: v for part, _ in gathered for k, v in part.items()}
@@ -158,6 +165,7 @@ def _load_captioner(checkpoint: str | Path, overrides: dict | None):
         if not run_cfg.is_file():
             raise UserError(f"{folder}: no config.yaml in the run folder {folder.parent.parent}")
         cfg = load_saved_config(run_cfg)
+        follow_run_folder(cfg, run_cfg.parent)  # a moved run folder still finds its init_model
         cfg.model = replace(cfg.model, **(overrides or {}))
         model = build_model(cfg.model, cfg.lora)
         model.frames = cfg.data.frames
@@ -179,9 +187,13 @@ def _eval_data_cfg(model, cfg, args):
 
 
 def _eval_cfg(cfg, args):
-    return replace(cfg.eval, **{k: v for k, v in dict(
+    eval_cfg = replace(cfg.eval, **{k: v for k, v in dict(
         num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
         batch_size=args.batch_size).items() if v is not None})
+    if eval_cfg.min_new_tokens > eval_cfg.max_new_tokens:  # generate() would ignore one of them
+        raise UserError(f"--min-new-tokens ({eval_cfg.min_new_tokens}) must be <= --max-new-tokens "
+                        f"({eval_cfg.max_new_tokens})")
+    return eval_cfg
 
 
 def _maybe_init_distributed():
@@ -195,7 +207,7 @@ def eval_command(args) -> int:
     data_cfg, eval_cfg = _eval_data_cfg(model, cfg, args), _eval_cfg(cfg, args)
     clips = read_annotations(args.annotations, args.videos, fmt=args.format)
     captions, skipped = decode_clips(plain_context(model), clips, data_cfg, decode_kwargs(eval_cfg),
-                                     eval_cfg.batch_size)
+                                     eval_cfg.batch_size, progress=True)
     if rank_and_world()[0] != 0:
         return 0
     if args.results:
@@ -205,9 +217,10 @@ def eval_command(args) -> int:
     if args.json:
         print_json(args, scores)
     else:
+        out = getattr(args, "json_out", None) or sys.stdout  # the stdout main() kept aside for results
         for key, value in scores.items():
             if key != "skipped_videos":
-                print(f"{key:>12}  {value:.4f}" if isinstance(value, float) else f"{key:>12}  {value}")
+                print(f"{key:>12}  {value:.4f}" if isinstance(value, float) else f"{key:>12}  {value}", file=out)
         for s in skipped:
             print(f"skipped {s['video']}: {s['reason']}", file=sys.stderr)
     return 0
@@ -233,13 +246,14 @@ def caption_command(args) -> int:
     videos = _expand_inputs(args.inputs)
     clips = [Clip(video_id=str(i), video=str(v), captions=[], split=None) for i, v in enumerate(videos)]
     captions, skipped = decode_clips(plain_context(model), clips, data_cfg, decode_kwargs(eval_cfg),
-                                     eval_cfg.batch_size)
+                                     eval_cfg.batch_size, progress=True)
     rows = [{"video": str(v), "caption": captions[str(i)]} for i, v in enumerate(videos) if str(i) in captions]
     if args.json:
         print_json(args, rows, indent=1)
     else:
+        out = getattr(args, "json_out", None) or sys.stdout  # the stdout main() kept aside for results
         for row in rows:
-            print(f"{row['video']}\t{row['caption']}")
+            print(f"{row['video']}\t{row['caption']}", file=out)
     for s in skipped:
         print(f"skipped {s['video']}: {s['reason']}", file=sys.stderr)
     return 0 if not skipped else 1

@@ -6,14 +6,13 @@ METEOR and SPICE run Java, so a missing Java runtime is reported up front as a U
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-import sys
 import warnings
 from pathlib import Path
 
 from .errors import UserError
+from .noise import library_output
 
 CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
 
@@ -58,8 +57,8 @@ def score_captions(results: dict, references: dict, spice: bool | None = None) -
     if spice and not spice_available():
         raise UserError(f"SPICE requested but pycocoevalcap/spice/lib lacks {' and '.join(CORENLP_JARS)} "
                         "(run pycocoevalcap.spice.get_stanford_models once with internet access)")
-    # pycocoevalcap prints progress (BLEU's counts) on stdout; keep stdout for callers' --json output
-    with contextlib.redirect_stdout(sys.stderr):
+    # pycocoevalcap prints progress (BLEU's counts) on stdout: to the noise log (stderr with --verbose)
+    with library_output():
         scores = _run_scorers(results, references, run_spice)
     if spice is None and not run_spice:
         # a warning (stderr) rather than a print, so callers can filter it; one per evaluation

@@ -16,6 +16,7 @@ from .recipe_io import load_recipe
 from .engine import read_ds_config, zero_stage
 from .errors import UserError
 from .mixing import read_sources
+from .paths import absolute_paths, shipped_values, user_file
 from .synth import is_ready
 
 HYBRID_ENGINE_FAMILIES = ("opt", "llama")
@@ -23,8 +24,10 @@ HYBRID_ENGINE_FAMILIES = ("opt", "llama")
 
 def check_run(args, default_ds_config: str):
     """-> (validated recipe, DeepSpeed JSON as read); raises UserError naming the file and field."""
-    cfg = load_recipe(args.recipe, args.overrides)  # runs config.validate
-    ds_config = read_ds_config(args.deepspeed or default_ds_config)
+    recipe = user_file(args.recipe)  # paths the user gives are relative to where they stand
+    cfg = load_recipe(recipe, args.overrides)  # runs config.validate
+    absolute_paths(cfg, shipped_values(recipe))  # stored absolute: eval/export/report work from anywhere
+    ds_config = read_ds_config(user_file(args.deepspeed) or default_ds_config)
     if cfg.synth_dir:
         fill_synth_paths(cfg)
     else:

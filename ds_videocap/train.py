@@ -34,7 +34,8 @@ STEP_FUNCTIONS = {"ce": ce_step, "scst": scst_step}
 
 def train_command(args) -> int:
     cfg, raw_ds_config = check_run(args, DEFAULT_DS_CONFIG)  # every user mistake surfaces here
-    watch_launcher()  # kill -9 of the launcher must not leave this rank running as an orphan
+    if not _as_lone_process():
+        watch_launcher()  # kill -9 of the launcher must not leave this rank running as an orphan
     rank, world = init_distributed()
     _seed_everything(cfg.seed + rank)  # per rank: dropout masks and SCST samples differ across ranks
     say = print if rank == 0 else (lambda *_, **__: None)
@@ -122,6 +123,29 @@ def _restore(cfg, engine, rank: int, say) -> TrainState:
         load_checkpoint(engine, Path(cfg.init_from), with_optimizer=False)
         say(f"[train] weights from {cfg.init_from}")
     return TrainState()
+
+
+def _as_lone_process() -> bool:
+    """`ds-videocap train` started without a launcher runs as rank 0 of 1.
+
+    Without RANK/WORLD_SIZE DeepSpeed's init_distributed falls back to MPI discovery and dies on a
+    missing mpi4py after the checks; a lone process needs only these variables (MPI launches, which
+    set their own, are left to DeepSpeed). True when this process set them.
+    """
+    import os
+
+    if any(k in os.environ for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")):
+        return False
+    import socket
+
+    with socket.socket() as s:  # a free port for the one-process gloo/nccl group
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_SIZE="1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(port))
+    print("[train] no launcher: running as one process (launch/train.sh starts one per GPU)", file=sys.stderr)
+    return True
 
 
 def _seed_everything(seed: int) -> None:

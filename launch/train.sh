@@ -3,6 +3,8 @@
 #   bash launch/train.sh                                   the main job: synthetic set, tiny OPT, CE then SCST,
 #                                                          ZeRO-3 + CPU offload on 2 ranks, test metrics table
 #   bash launch/train.sh RECIPE [DS_JSON] [key=value ...]  e.g. synth_t5 ds_configs/zero2.json ce.steps=100
+# Paths you give (DS_JSON, a recipe file, data.*=, model.path=, output_dir= ...) are relative to the folder
+# you run this from, wherever this script lives; the run folder's config.yaml stores them absolute.
 # Environment:
 #   NUM_GPUS   processes on this node (default: every visible GPU, or 2 on a CPU-only machine)
 #   HOSTFILE   a DeepSpeed hostfile for several nodes (launched over ssh/pdsh by the launcher)
@@ -11,6 +13,9 @@
 #              launcher's --no_ssh mode; a HOSTFILE, if set, names the nodes, else one is written)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+# Paths the user gives (DS_JSON, a recipe file, key=value paths) are relative to where they stand;
+# ds-videocap resolves them against this folder, since the launcher runs from the repository root.
+export DS_VIDEOCAP_CWD="$PWD"
 cd "$ROOT"
 
 RECIPE=synth

@@ -84,7 +84,7 @@ def test_jsonl_both_forms(tmp_path):
                    '{"video": "b", "caption": "z", "attributes": {"motions": ["left"]}}\n')
     (tmp_path / "b.mkv").write_bytes(b"x")
     clips = read_annotations(ann, tmp_path)
-    assert [(c.video_id, c.captions) for c in clips] == [("a", ["x", "y"]), ("b", ["z"])]
+    assert [(c.video_id, c.captions) for c in clips] == [("a.webm", ["x", "y"]), ("b", ["z"])]  # ids: paths
     assert clips[1].video.endswith("b.mkv") and clips[1].attributes == {"motions": ["left"]}
     # JSON lines in a .json file are recognised too.
     other = tmp_path / "custom.json"
