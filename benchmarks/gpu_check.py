@@ -125,7 +125,7 @@ def train_case(work, synth, name, model_key, folder, ds_json, frames, extra, smo
             continue
         steady = rows[1:] or rows  # the first step carries warm-up (allocations, kernels, ZeRO traces)
         result[f"{phase}_samples_per_s"] = round(sum(m["samples_per_s"] for m in steady) / len(steady), 3)
-        result[f"{phase}_gpu_peak_gib"] = max((m.get("gpu_peak_gib", 0.0) for m in rows), default=None)
+        result[f"{phase}_gpu_peak_gib"] = max((m["gpu_peak_gib"] for m in rows if "gpu_peak_gib" in m), default=None)
         if phase == "scst":
             result["rollout_ms"] = round(sum(m["rollout_ms"] for m in steady) / len(steady), 1)
     result["plan_gpu_gib"] = plan_estimate(recipe, ds_json, overrides)

@@ -8,7 +8,7 @@ TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"   # GPU users: e.g. TORCH_SPEC="torch 
 PYTHON="${PYTHON:-python3}"
 
 if [ ! -x "$VENV/bin/python" ]; then
-  echo "[env] creating $VENV"
+  echo "[env] creating $VENV" >&2
   "$PYTHON" -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip
 fi
@@ -16,7 +16,7 @@ fi
 source "$VENV/bin/activate"
 
 if ! python -c "import torch" 2>/dev/null; then
-  echo "[env] installing $TORCH_SPEC"
+  echo "[env] installing $TORCH_SPEC" >&2
   # shellcheck disable=SC2086
   pip install -q $TORCH_SPEC
 fi
@@ -24,7 +24,7 @@ fi
 STAMP="$VENV/.ds_videocap_installed"
 WANT="$(cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml" | sha1sum | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ] || ! command -v ds-videocap >/dev/null; then
-  echo "[env] installing ds-videocap and its dependencies"
+  echo "[env] installing ds-videocap and its dependencies" >&2
   pip install -q -e "$ROOT[test]"
   echo "$WANT" > "$STAMP"
 fi
