@@ -208,12 +208,13 @@ def _frame_embedding(model_cfg, meta: dict, tensors: dict, vision_hidden: int):
     return torch.zeros(MAX_FRAMES, vision_hidden)  # a pretrained model starts out unchanged
 
 
-def build_model(model_cfg, lora_cfg, ds_config: dict | None = None):
+def build_model(model_cfg, lora_cfg, ds_config: dict | None = None, frames: int | None = None):
     """Load model_cfg.path (a Hugging Face folder) as a VideoCaptioner with the trainable parts set.
 
     fusion, prompt and qformer_text: a value set in model_cfg, else the folder's side file from
     save_hf_folder (videocap.json: how the weights were trained), else the folder family's default
     (FAMILY_DEFAULTS, DEFAULT_PROMPTS). A trained frame embedding in the side files is always used.
+    frames: the frame count the weights were trained with (a run's), else the side file's.
     """
     from transformers import (AutoTokenizer, Blip2ForConditionalGeneration, InstructBlipForConditionalGeneration,
                               InstructBlipVideoForConditionalGeneration)
@@ -267,7 +268,7 @@ def build_model(model_cfg, lora_cfg, ds_config: dict | None = None):
         hf, tokenizer, family, fusion=fusion, prompt=prompt, frame_embedding=frame_embedding,
         max_txt_len=model_cfg.max_txt_len, qformer_tokenizer=qformer_tokenizer, qformer_text=qformer_text,
         train_bos=model_cfg.opt_train_bos, image_size=model_cfg.image_size or image_size,
-        image_mean=image_mean, image_std=image_std, frames=meta.get("frames"))
+        image_mean=image_mean, image_std=image_std, frames=frames or meta.get("frames"))
     adapter = folder / meta["lora_adapter"] if meta.get("lora_adapter") else None
     apply_trainable(model, model_cfg, lora_cfg, adapter_dir=adapter)
     model.ds_keepalive = ds_keepalive

@@ -23,7 +23,7 @@ from .recipe_io import load_saved_config
 from .data import VideoCaptionDataset, blank_batch, collate_clips, shard_indices
 from .engine import gather_objects, init_distributed, rank_and_world
 from .errors import UserError
-from .export import read_extras, save_hf_folder
+from .export import save_hf_folder
 from .metrics import score_captions, write_results
 from .output import print_json
 from .paths import follow_run_folder
@@ -157,8 +157,7 @@ def _load_captioner(checkpoint: str | Path, overrides: dict | None):
         folder = Path(best) if best and Path(best).is_dir() else folders[-1]
     if (folder / "config.json").is_file():
         cfg = RecipeCfg(model=ModelCfg(path=str(folder), **(overrides or {})))
-        model = build_model(cfg.model, cfg.lora)
-        model.frames = read_extras(folder)[0].get("frames") or cfg.data.frames
+        model = build_model(cfg.model, cfg.lora)  # frames: the export's (videocap.json), when it says
         return model, cfg
     if (folder / COMPLETE).is_file():
         run_cfg = folder.parent.parent / "config.yaml"
@@ -167,8 +166,7 @@ def _load_captioner(checkpoint: str | Path, overrides: dict | None):
         cfg = load_saved_config(run_cfg)
         follow_run_folder(cfg, run_cfg.parent)  # a moved run folder still finds its init_model
         cfg.model = replace(cfg.model, **(overrides or {}))
-        model = build_model(cfg.model, cfg.lora)
-        model.frames = cfg.data.frames
+        model = build_model(cfg.model, cfg.lora, frames=cfg.data.frames)
         state = read_full_state_dict(folder)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
