@@ -11,10 +11,10 @@ from pathlib import Path
 
 from .engine import compute_dtype, zero_stage
 from .errors import UserError
-from .export import ADAPTER_DIR, EXTRA_JSON, read_extras
+from .export import EXTRA_JSON, read_extras
 from .model import MAX_FRAMES, VideoCaptioner
 from .processor import has_processor_files, read_image_settings, save_processor
-from .trainable import apply_trainable, count_parameters
+from .trainable import apply_trainable
 from .video import CLIP_MEAN, CLIP_STD
 
 DEFAULT_PROMPTS = {"t5": "a video of", "opt": "", "llama": "a video of"}
@@ -295,7 +295,3 @@ def image_settings(model_or_folder) -> tuple[int, tuple, tuple]:
     if isinstance(model_or_folder, (str, Path)):
         return read_image_settings(model_or_folder)
     return model_or_folder.image_size, model_or_folder.image_mean, model_or_folder.image_std
-
-
-__all__ = ["build_model", "build_tiny_folder", "image_settings", "input_size", "check_folder",
-           "quantization_config", "quant_refusal", "count_parameters", "ADAPTER_DIR"]

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .annotations import read_annotations
-from .build import build_model, build_tiny_folder, count_parameters, image_settings, input_size
+from .build import build_model, build_tiny_folder, image_settings, input_size
 from .recipe_io import save_config
 from .engine import barrier, rank_and_world
 from .errors import UserError
@@ -20,6 +20,7 @@ from .mixing import read_sources
 from .reward import CiderD
 from .run_check import check_global_batch
 from .synth import make_synthetic_set
+from .trainable import count_parameters
 
 
 def prepare_data(cfg, rank: int, ds_config: dict | None = None) -> dict:

@@ -7,7 +7,8 @@ import shutil
 import pytest
 import torch
 
-from ds_videocap.build import count_parameters, image_settings, quantization_config
+from ds_videocap.build import image_settings, quantization_config
+from ds_videocap.trainable import count_parameters
 from ds_videocap.errors import UserError
 from tiny_models import CAPTIONS, frames, load
 

@@ -16,7 +16,8 @@ SCRIPT = textwrap.dedent('''
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
     import deepspeed
     from ds_videocap.generation import generation_context
-    from ds_videocap.build import build_model, count_parameters
+    from ds_videocap.build import build_model
+    from ds_videocap.trainable import count_parameters
     from ds_videocap.config import LoraCfg, ModelCfg
     deepspeed.init_distributed("gloo")
     ds = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,

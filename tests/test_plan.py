@@ -39,7 +39,8 @@ def _spec(folder, **fields):
                                            ("opt", {"llm": "full", "frame_embedding": True}),
                                            ("llama", {"llm": "lora"})])
 def test_meta_counts_match_the_built_model(folders, family, fields):
-    from ds_videocap.build import build_model, count_parameters
+    from ds_videocap.build import build_model
+    from ds_videocap.trainable import count_parameters
     model = build_model(ModelCfg(path=str(folders[family]), **fields), LoraCfg())
     trainable, total = count_parameters(model)
     spec = _spec(folders[family], **fields)
