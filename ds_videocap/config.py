@@ -149,9 +149,9 @@ class SCSTCfg:
     """Divide each sample's log-prob sum by its length."""
     ce_weight: float = 0.0
     """Mix in this much cross-entropy loss."""
-    reset_optimizer: bool = True
-    """Entering SCST after CE in the same run: start from fresh Adam moments (as a separate SCST run
-    from a CE checkpoint does); false keeps CE's moments. Weight decay and betas are SCST's either way."""
+    reset_optimizer: bool = False
+    """Entering SCST after CE in the same run: true starts from fresh Adam moments (as a separate SCST
+    run from a CE checkpoint does); false keeps CE's. Weight decay and betas are SCST's either way."""
     gather_for_generation: bool = True
     """ZeRO-3: gather parameters once per rollout (False: per-layer synced generation)."""
     eval_every: int = 0

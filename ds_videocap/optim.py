@@ -2,9 +2,9 @@
 learning-rate schedule, and the switch of settings between the CE and SCST phases.
 
 One optimizer serves both phases (one engine). At the phase change SCST's own weight decay and betas
-are written into the existing parameter groups, and its Adam moments are reset (scst.reset_optimizer,
-default) or kept. Reset is what a separate SCST run from a CE checkpoint gets (init_from loads weights
-only), so the two ways of running SCST start alike.
+are written into the existing parameter groups, and its Adam moments are kept (default) or reset
+(scst.reset_optimizer), which is what a separate SCST run from a CE checkpoint gets (init_from loads
+weights only). README, "Training on GPUs", has the measurement behind the default.
 """
 from __future__ import annotations
 
