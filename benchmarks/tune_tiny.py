@@ -74,6 +74,7 @@ def build(args):
     cfg.model.path = str(folder)
     cfg.model.tiny = None
     cfg.model.frame_embedding = not args.no_frame_embedding
+    cfg.model.fusion = args.fusion or cfg.model.fusion
     model = build_model(cfg.model, cfg.lora)
     g = torch.Generator().manual_seed(args.seed + 1)
     with torch.no_grad():
@@ -92,6 +93,7 @@ def build(args):
             for name, w in model.hf.qformer.named_parameters():
                 if "crossattention.attention." in name and name.endswith(("query.weight", "key.weight")):
                     w.copy_(torch.randn(w.shape, generator=g) * args.xattn_std)
+    model.itc_weight, model.itc_temperature = args.itc_weight, args.itc_temperature
     if args.dropout is not None:
         for m in model.modules():
             if isinstance(m, torch.nn.Dropout):
@@ -118,13 +120,13 @@ def evaluate(model, clips, frames, T, max_new_tokens=16, batch=100, num_beams=1)
     return {k: round(float(scores[k]), 4) for k in keep}, caps
 
 
-def decay_groups(model, wd, vit_lr_mult=1.0):
-    """AdamW groups: decay on matrices only; the ViT's groups carry lr_mult (scaled in the schedule)."""
+def decay_groups(model, wd, vit_lr_mult=1.0, llm_lr_mult=1.0):
+    """AdamW groups: decay on matrices only; the ViT's and LLM's groups carry lr_mult (scaled in the schedule)."""
     groups = {}
     for n, p in model.named_parameters():
         if p.requires_grad:
             decay = not (p.ndim < 2 or "norm" in n.lower() or n.endswith(".bias"))
-            mult = vit_lr_mult if "vision_model" in n else 1.0
+            mult = vit_lr_mult if "vision_model" in n else llm_lr_mult if "language_model" in n else 1.0
             groups.setdefault((decay, mult), []).append(p)
     return [{"params": ps, "weight_decay": wd if decay else 0.0, "lr_mult": mult}
             for (decay, mult), ps in groups.items()]
@@ -172,7 +174,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--xattn-std", type=float, default=None, help="re-draw Q-Former cross-attention q/k")
     p.add_argument("--dropout", type=float, default=None, help="set every Dropout's p")
     p.add_argument("--no-frame-embedding", action="store_true")
+    p.add_argument("--fusion", default=None, help="concat | per_frame (default: the recipe's)")
     p.add_argument("--vit-lr-mult", type=float, default=1.0, help="the ViT's learning rate over the others' in CE")
+    p.add_argument("--llm-lr-mult", type=float, default=1.0, help="the LLM's learning rate over the others' in CE")
+    p.add_argument("--itc-weight", type=float, default=0.0, help="contrastive term in CE (ds_videocap/align.py)")
+    p.add_argument("--itc-temperature", type=float, default=0.1)
     p.add_argument("--scst-steps", type=int, default=0)
     p.add_argument("--scst-lr", type=float, default=2e-5)
     p.add_argument("--scst-min-lr", type=float, default=None, help="default scst-lr / 10")
@@ -202,7 +208,7 @@ def main():
     if args.load:
         model.load_state_dict(torch.load(args.load))
     else:
-        opt = torch.optim.AdamW(decay_groups(model, args.wd, args.vit_lr_mult), lr=args.lr)
+        opt = torch.optim.AdamW(decay_groups(model, args.wd, args.vit_lr_mult, args.llm_lr_mult), lr=args.lr)
         total = args.total_steps or args.steps
         order, pos, losses, t0 = rng.permutation(len(train_clips)), 0, [], time.time()
         model.train()

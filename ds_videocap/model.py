@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .align import contrastive_loss
+
 FUSIONS = ("concat", "per_frame")
 
 
@@ -37,6 +39,8 @@ class VideoCaptioner(nn.Module):
         self.num_query_tokens = hf_model.config.num_query_tokens
         self.is_encoder_decoder = not hf_model.config.use_decoder_only_language_model
         self.frame_embedding = None if frame_embedding is None else nn.Parameter(frame_embedding)
+        # Weight and temperature of the contrastive term added to the CE loss (train sets them per phase).
+        self.itc_weight, self.itc_temperature = 0.0, 0.1
         self.pad_id = tokenizer.pad_token_id
         self.stop_ids = self._stop_ids()
         # Filled by build_model from the folder's preprocessor_config.json.
@@ -171,7 +175,12 @@ class VideoCaptioner(nn.Module):
             return self.sequence_logprobs(pixel_values, sequences)
         visual = self.encode_visual(pixel_values)
         logits = self._caption_logits(visual, input_ids.to(visual.device), attention_mask.to(visual.device))
-        return F.cross_entropy(logits.float().flatten(0, 1), labels.to(visual.device).flatten(), ignore_index=-100)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.to(visual.device).flatten(), ignore_index=-100)
+        if self.itc_weight and visual.shape[0] > 1:  # the CE phase's auxiliary term (align.py), off by default
+            text = self.language_model.get_input_embeddings()(input_ids.to(visual.device))
+            loss = loss + self.itc_weight * contrastive_loss(visual, text, labels.to(visual.device) != -100,
+                                                             self.itc_temperature)
+        return loss
 
     def sequence_logprobs(self, pixel_values, sequences) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token log-probs (with grad) of B*K sampled captions, and their caption mask.
