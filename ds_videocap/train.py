@@ -173,6 +173,9 @@ def train_command(args) -> int:
             continue
         if state.phase != name:
             state = TrainState(phase=name, phase_index=index, best_checkpoint=state.best_checkpoint)
+        # The contrastive term (align.py) belongs to the CE phase only; SCST's ce_weight mixes plain CE.
+        engine.module.itc_weight = getattr(phase_cfg, "itc_weight", 0.0)
+        engine.module.itc_temperature = getattr(phase_cfg, "itc_temperature", 0.1)
         loader, sampler = _phase_loader(cfg, name, train_set, ds_config, rank, world, clips["sources"])
         total = steps_for(phase_cfg, len(loader), engine.gradient_accumulation_steps())
         if state.step < total:
