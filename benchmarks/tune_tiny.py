@@ -186,6 +186,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scst-min-lr", type=float, default=None, help="default scst-lr / 10")
     p.add_argument("--scst-batch", type=int, default=32)
     p.add_argument("--scst-k", type=int, default=5)
+    p.add_argument("--scst-advantage", default="raw", help="raw | group_norm")
+    p.add_argument("--scst-ce-weight", type=float, default=0.0)
+    p.add_argument("--scst-temperature", type=float, default=1.0)
     p.add_argument("--scst-eval-every", type=int, default=50)
     p.add_argument("--save", default=None, help="save the CE state_dict here")
     p.add_argument("--load", default=None, help="skip CE: load this state_dict")
@@ -249,9 +252,11 @@ def run_scst(args, model, train_clips, train_frames, val_clips, val_frames, refs
     from ds_videocap.engine import lr_at
     from ds_videocap.reward import CiderD
     from ds_videocap.scst import compute_baseline, policy_loss
+    from ds_videocap.scst_advantage import compute_advantages
 
     scores, _ = evaluate(model, val_clips, val_frames, args.frames)
     emit(args, {"event": "eval", "phase": "scst", "step": 0, **scores})
+    model.itc_weight = 0.0  # the contrastive term is the CE phase's (train.py does the same)
     reward = CiderD.from_corpus([c.captions for c in train_clips])
     opt = torch.optim.AdamW(decay_groups(model, args.wd), lr=args.scst_lr)
     min_lr = args.scst_min_lr if args.scst_min_lr is not None else args.scst_lr / 10
@@ -263,15 +268,18 @@ def run_scst(args, model, train_clips, train_frames, val_clips, val_frames, refs
             g["lr"] = lr_at(step, args.scst_steps, 0, args.scst_lr, min_lr)
         model.eval()
         with torch.no_grad():
-            samples = model.generate(px, do_sample=True, num_return_sequences=k, temperature=1.0, top_k=0,
+            samples = model.generate(px, do_sample=True, num_return_sequences=k, temperature=args.scst_temperature, top_k=0,
                                      max_new_tokens=16)
         model.train()
         captions = model.decode(samples)
         rewards = reward.score(captions, [train_clips[i].captions for i in idx for _ in range(k)]).reshape(-1, k)
         baseline = compute_baseline(rewards, "mean_others")
-        adv = torch.as_tensor((rewards - baseline).reshape(-1))
+        adv = torch.as_tensor(compute_advantages(rewards, baseline, args.scst_advantage).reshape(-1))
         logprobs, mask = model.sequence_logprobs(px, samples)
         loss = policy_loss(logprobs, mask, adv, False)
+        if args.scst_ce_weight:  # as scst_step's ce_weight: the first reference of each video
+            loss = loss + args.scst_ce_weight * model(pixel_values=px, **model.encode_text(
+                [normalize_caption(train_clips[i].captions[0], 50) for i in idx]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -62,3 +62,12 @@ def test_group_norm_advantages_scale_each_video_by_its_spread():
     assert np.array_equal(adv[1], np.zeros(3))  # equal rewards: no signal, no NaN
     with pytest.raises(ValueError, match="advantage"):
         compute_advantages(rewards, baseline, "other")
+
+
+@pytest.mark.parametrize("override, field", [("ce.itc_weight=-1", "ce.itc_weight"),
+                                             ("ce.itc_temperature=0", "ce.itc_weight"),
+                                             ("scst.advantage=grpo", "scst.advantage")])
+def test_recipe_rejects_bad_alignment_and_advantage_keys(override, field):
+    from ds_videocap.config import ConfigError, load_recipe, validate
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        validate(load_recipe("synth", [override]))
