@@ -94,7 +94,6 @@ def build(args):
                 if "crossattention.attention." in name and name.endswith(("query.weight", "key.weight")):
                     w.copy_(torch.randn(w.shape, generator=g) * args.xattn_std)
     model.itc_weight, model.itc_temperature = args.itc_weight, args.itc_temperature
-    model.frame_embedding_at = args.frame_embedding_at
     if args.dropout is not None:
         for m in model.modules():
             if isinstance(m, torch.nn.Dropout):
@@ -175,7 +174,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--xattn-std", type=float, default=None, help="re-draw Q-Former cross-attention q/k")
     p.add_argument("--dropout", type=float, default=None, help="set every Dropout's p")
     p.add_argument("--no-frame-embedding", action="store_true")
-    p.add_argument("--frame-embedding-at", default="vit_output", help="vit_output | vit_input")
     p.add_argument("--fusion", default=None, help="concat | per_frame (default: the recipe's)")
     p.add_argument("--vit-lr-mult", type=float, default=1.0, help="the ViT's learning rate over the others' in CE")
     p.add_argument("--llm-lr-mult", type=float, default=1.0, help="the LLM's learning rate over the others' in CE")

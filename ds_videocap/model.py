@@ -41,7 +41,6 @@ class VideoCaptioner(nn.Module):
         self.frame_embedding = None if frame_embedding is None else nn.Parameter(frame_embedding)
         # Weight and temperature of the contrastive term added to the CE loss (train sets them per phase).
         self.itc_weight, self.itc_temperature = 0.0, 0.1
-        self.frame_embedding_at = "vit_output"  # or "vit_input" (build_model sets it from the config)
         self.pad_id = tokenizer.pad_token_id
         self.stop_ids = self._stop_ids()
         # Filled by build_model from the folder's preprocessor_config.json.
@@ -112,23 +111,12 @@ class VideoCaptioner(nn.Module):
         # Frames of another size than the ViT was trained at (e.g. 364 px on a 224 px checkpoint) get its
         # position embeddings interpolated; at the native size the embeddings are used as they are.
         native = hf.config.vision_config.image_size
-        if self.frame_embedding is not None and frames > getattr(self.frame_embedding, "ds_shape",
-                                                                 self.frame_embedding.shape)[0]:
-            raise ValueError(f"{frames} frames but the frame embedding has {self.frame_embedding.shape[0]}")
-        hook = None
-        if self.frame_embedding is not None and self.frame_embedding_at == "vit_input":
-            # Added to the patch embeddings (as the position embedding is), so that the ViT's own layers
-            # mix frame index with content; rows are (video, frame) flattened, frame = row % T.
-            per_row = self.frame_embedding[:frames].repeat(batch, 1)[:, None, :]
-            hook = hf.vision_model.embeddings.register_forward_hook(lambda _m, _i, out: out + per_row.to(out.dtype))
-        try:
-            vit = hf.vision_model(pixel_values=pixel_values.flatten(0, 1).to(dtype), return_dict=True,
-                                  interpolate_pos_encoding=tuple(pixel_values.shape[-2:]) != (native, native))
-        finally:
-            if hook is not None:
-                hook.remove()
+        vit = hf.vision_model(pixel_values=pixel_values.flatten(0, 1).to(dtype), return_dict=True,
+                              interpolate_pos_encoding=tuple(pixel_values.shape[-2:]) != (native, native))
         tokens = vit.last_hidden_state.unflatten(0, (batch, frames))  # (B, T, N, D)
-        if self.frame_embedding is not None and self.frame_embedding_at == "vit_output":
+        if self.frame_embedding is not None:
+            if frames > getattr(self.frame_embedding, "ds_shape", self.frame_embedding.shape)[0]:
+                raise ValueError(f"{frames} frames but the frame embedding has {self.frame_embedding.shape[0]}")
             tokens = tokens + self.frame_embedding[:frames, None, :].to(tokens.dtype)
         if self.fusion == "concat":  # one Q-Former pass over all frames' tokens: Q tokens whatever T
             tokens = tokens.flatten(1, 2)
