@@ -74,6 +74,7 @@ def build(args):
     cfg.model.path = str(folder)
     cfg.model.tiny = None
     cfg.model.frame_embedding = not args.no_frame_embedding
+    cfg.model.fusion = args.fusion or cfg.model.fusion
     model = build_model(cfg.model, cfg.lora)
     g = torch.Generator().manual_seed(args.seed + 1)
     with torch.no_grad():
@@ -118,13 +119,13 @@ def evaluate(model, clips, frames, T, max_new_tokens=16, batch=100, num_beams=1)
     return {k: round(float(scores[k]), 4) for k in keep}, caps
 
 
-def decay_groups(model, wd, vit_lr_mult=1.0):
-    """AdamW groups: decay on matrices only; the ViT's groups carry lr_mult (scaled in the schedule)."""
+def decay_groups(model, wd, vit_lr_mult=1.0, llm_lr_mult=1.0):
+    """AdamW groups: decay on matrices only; the ViT's and LLM's groups carry lr_mult (scaled in the schedule)."""
     groups = {}
     for n, p in model.named_parameters():
         if p.requires_grad:
             decay = not (p.ndim < 2 or "norm" in n.lower() or n.endswith(".bias"))
-            mult = vit_lr_mult if "vision_model" in n else 1.0
+            mult = vit_lr_mult if "vision_model" in n else llm_lr_mult if "language_model" in n else 1.0
             groups.setdefault((decay, mult), []).append(p)
     return [{"params": ps, "weight_decay": wd if decay else 0.0, "lr_mult": mult}
             for (decay, mult), ps in groups.items()]
@@ -172,12 +173,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--xattn-std", type=float, default=None, help="re-draw Q-Former cross-attention q/k")
     p.add_argument("--dropout", type=float, default=None, help="set every Dropout's p")
     p.add_argument("--no-frame-embedding", action="store_true")
+    p.add_argument("--fusion", default=None, help="concat | per_frame (default: the recipe's)")
     p.add_argument("--vit-lr-mult", type=float, default=1.0, help="the ViT's learning rate over the others' in CE")
+    p.add_argument("--llm-lr-mult", type=float, default=1.0, help="the LLM's learning rate over the others' in CE")
+    p.add_argument("--itc-weight", type=float, default=0.0, help="contrastive term in CE (ds_videocap/align.py)")
+    p.add_argument("--itc-temperature", type=float, default=0.1)
     p.add_argument("--scst-steps", type=int, default=0)
     p.add_argument("--scst-lr", type=float, default=2e-5)
     p.add_argument("--scst-min-lr", type=float, default=None, help="default scst-lr / 10")
     p.add_argument("--scst-batch", type=int, default=32)
     p.add_argument("--scst-k", type=int, default=5)
+    p.add_argument("--scst-advantage", default="raw", help="raw | group_norm")
+    p.add_argument("--scst-ce-weight", type=float, default=0.0)
+    p.add_argument("--scst-temperature", type=float, default=1.0)
     p.add_argument("--scst-eval-every", type=int, default=50)
     p.add_argument("--save", default=None, help="save the CE state_dict here")
     p.add_argument("--load", default=None, help="skip CE: load this state_dict")
@@ -202,7 +210,7 @@ def main():
     if args.load:
         model.load_state_dict(torch.load(args.load))
     else:
-        opt = torch.optim.AdamW(decay_groups(model, args.wd, args.vit_lr_mult), lr=args.lr)
+        opt = torch.optim.AdamW(decay_groups(model, args.wd, args.vit_lr_mult, args.llm_lr_mult), lr=args.lr)
         total = args.total_steps or args.steps
         order, pos, losses, t0 = rng.permutation(len(train_clips)), 0, [], time.time()
         model.train()
@@ -216,7 +224,7 @@ def main():
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, args.warmup, args.lr, args.min_lr) * g["lr_mult"]
             inputs = model.encode_text(caps)
-            loss = model(pixel_values=px, **inputs)
+            loss = model(pixel_values=px, **inputs, itc_weight=args.itc_weight, itc_temperature=args.itc_temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -241,6 +249,7 @@ def run_scst(args, model, train_clips, train_frames, val_clips, val_frames, refs
     from ds_videocap.optim import lr_at
     from ds_videocap.reward import CiderD
     from ds_videocap.scst import compute_baseline, policy_loss
+    from ds_videocap.scst_advantage import compute_advantages
 
     scores, _ = evaluate(model, val_clips, val_frames, args.frames)
     emit(args, {"event": "eval", "phase": "scst", "step": 0, **scores})
@@ -255,15 +264,18 @@ def run_scst(args, model, train_clips, train_frames, val_clips, val_frames, refs
             g["lr"] = lr_at(step, args.scst_steps, 0, args.scst_lr, min_lr)
         model.eval()
         with torch.no_grad():
-            samples = model.generate(px, do_sample=True, num_return_sequences=k, temperature=1.0, top_k=0,
+            samples = model.generate(px, do_sample=True, num_return_sequences=k, temperature=args.scst_temperature, top_k=0,
                                      max_new_tokens=16)
         model.train()
         captions = model.decode(samples)
         rewards = reward.score(captions, [train_clips[i].captions for i in idx for _ in range(k)]).reshape(-1, k)
         baseline = compute_baseline(rewards, "mean_others")
-        adv = torch.as_tensor((rewards - baseline).reshape(-1))
+        adv = torch.as_tensor(compute_advantages(rewards, baseline, args.scst_advantage).reshape(-1))
         logprobs, mask = model.sequence_logprobs(px, samples)
         loss = policy_loss(logprobs, mask, adv, False)
+        if args.scst_ce_weight:  # as scst_step's ce_weight: the first reference of each video
+            loss = loss + args.scst_ce_weight * model(pixel_values=px, **model.encode_text(
+                [normalize_caption(train_clips[i].captions[0], 50) for i in idx]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -126,6 +126,9 @@ class CECfg:
     """Checkpoints kept (the best by validation CIDEr is kept as well)."""
     micro_batch: Optional[int] = None
     """Per-rank micro-batch; None takes train_micro_batch_size_per_gpu from the JSON."""
+    itc_weight: float = 0.0
+    """Add this much video-text contrastive loss (align.py) to the caption loss; 0 is off."""
+    itc_temperature: float = 0.1
 
 
 @dataclass
@@ -141,6 +144,8 @@ class SCSTCfg:
     """K multinomial samples per video."""
     baseline: str = "mean_others"
     """mean_others | greedy | beam_mean"""
+    advantage: str = "raw"
+    """raw (reward - baseline) | group_norm (also divided by each video's reward std, GRPO-style)"""
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
@@ -208,6 +213,7 @@ CHOICES = {
     "model.vit": ("frozen", "full"),
     "model.quant": (None, "8bit", "4bit"),
     "scst.baseline": ("mean_others", "greedy", "beam_mean"),
+    "scst.advantage": ("raw", "group_norm"),
 }
 
 
@@ -261,6 +267,9 @@ def validate(cfg: RecipeCfg) -> None:
         fail("scst.top_p", "must be within (0, 1]")
     if cfg.scst.temperature <= 0:
         fail("scst.temperature", "must be > 0")
+    if cfg.ce.itc_weight < 0 or cfg.ce.itc_temperature <= 0:
+        fail("ce.itc_weight", f"needs itc_weight >= 0 and itc_temperature > 0, got {cfg.ce.itc_weight}, "
+             f"{cfg.ce.itc_temperature}")
     if cfg.lora.r < 1:
         fail("lora.r", "must be >= 1")
     if not 0 <= cfg.lora.dropout < 1:

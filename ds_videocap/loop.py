@@ -74,6 +74,8 @@ class StepContext:
     log: Callable[[dict], None]
     """Writes one metrics record (rank 0 writes; every rank may call)."""
     max_nonfinite: int = 5
+    ce: object = None
+    """The recipe's CE section (its contrastive-term settings), for ce_step."""
     scst: object = None
     reward: object = None
     sources: object = None

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .align import contrastive_loss
+
 FUSIONS = ("concat", "per_frame")
 MAX_FRAMES = 64  # rows of a frame-index embedding built here (the planner counts them too)
 
@@ -165,8 +167,9 @@ class VideoCaptioner(nn.Module):
         return out.logits[:, embeds.shape[1] - 1 - int(bos_too): -1]
 
     def forward(self, pixel_values, input_ids=None, attention_mask=None, labels=None, sequences=None,
-                generate_kwargs: dict | None = None):
-        """Mean cross-entropy over caption tokens (labels -100 ignored): a scalar.
+                generate_kwargs: dict | None = None, itc_weight: float = 0.0, itc_temperature: float = 0.1):
+        """Mean cross-entropy over caption tokens (labels -100 ignored): a scalar; plus itc_weight x the
+        video-text contrastive loss over the batch (align.py) when itc_weight > 0.
 
         The same call serves the other two uses, so that under ZeRO-3 they can run through the
         engine (`engine(pixels, sequences=s)`): only inside the engine's forward does DeepSpeed
@@ -182,9 +185,14 @@ class VideoCaptioner(nn.Module):
         logits = self._caption_logits(visual, input_ids.to(visual.device), attention_mask.to(visual.device),
                                       bos_too=self.train_bos)
         labels = labels.to(visual.device)
+        caption_mask = labels != -100
         if self.train_bos:
             labels = torch.cat([torch.full_like(labels[:, :1], self.tokenizer.bos_token_id), labels], 1)
-        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+        if itc_weight and visual.shape[0] > 1:  # the CE phase's auxiliary term (align.py), off by default
+            text = self.language_model.get_input_embeddings()(input_ids.to(visual.device))
+            loss = loss + itc_weight * contrastive_loss(visual, text, caption_mask, itc_temperature)
+        return loss
 
     def sequence_logprobs(self, pixel_values, sequences) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token log-probs (with grad) of B*K sampled captions, and their caption mask.

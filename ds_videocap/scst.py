@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .generation import generation_context
+from .scst_advantage import compute_advantages
 
 
 def compute_baseline(rewards: np.ndarray, mode: str, greedy_rewards: np.ndarray | None = None) -> np.ndarray:
@@ -79,7 +80,7 @@ def scst_step(engine, batch: dict, ctx):
     rewards = ctx.reward.score(captions, references).reshape(-1, k)
     greedy_rewards = ctx.reward.score(model.decode(greedy), batch["references"]) if greedy is not None else None
     baseline = compute_baseline(rewards, cfg.baseline, greedy_rewards)
-    advantages = torch.as_tensor((rewards - baseline).reshape(-1), device=ctx.device)
+    advantages = torch.as_tensor(compute_advantages(rewards, baseline, cfg.advantage).reshape(-1), device=ctx.device)
 
     logprobs, mask = engine(pixel_values=pixel_values, sequences=samples.to(ctx.device))
     loss = policy_loss(logprobs, mask, advantages, cfg.length_norm)

@@ -57,7 +57,8 @@ def train_command(args) -> int:
     ctx = StepContext(engine=engine, rank=rank, world=world, device=engine.device, dtype=compute_dtype(ds_config),
                       frame_shape=(cfg.data.frames, cfg.data.image_size),
                       skips=SkipTracker(cfg.data.max_skipped_fraction), log=folder.log,
-                      max_nonfinite=cfg.max_nonfinite_steps, scst=cfg.scst, reward=reward, sources=sources)
+                      max_nonfinite=cfg.max_nonfinite_steps, ce=cfg.ce, scst=cfg.scst, reward=reward,
+                      sources=sources)
     state = _restore(cfg, engine, rank, say)
 
     def validate(phase: str, state: TrainState) -> None:

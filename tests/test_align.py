@@ -1,0 +1,63 @@
+"""The CE phase's contrastive term (align.py) and SCST's advantage modes (scst_advantage.py)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ds_videocap.align import contrastive_loss
+from ds_videocap.scst_advantage import compute_advantages
+from tiny_models import CAPTIONS, frames, load, tiny_folders, tokenizer_dir  # noqa: F401
+
+
+def test_contrastive_loss_is_infonce_in_both_directions():
+    g = torch.Generator().manual_seed(0)
+    visual, text = torch.randn(4, 3, 8, generator=g), torch.randn(4, 5, 8, generator=g)
+    mask = torch.ones(4, 5)
+    mask[1, 3:] = 0  # padding must not count in the caption's mean
+    v = F.normalize(visual.mean(1), dim=-1)
+    t = F.normalize(torch.stack([text[i, : int(mask[i].sum())].mean(0) for i in range(4)]), dim=-1)
+    logits = v @ t.T / 0.2
+    expected = (F.cross_entropy(logits, torch.arange(4)) + F.cross_entropy(logits.T, torch.arange(4))) / 2
+    assert contrastive_loss(visual, text, mask, 0.2).item() == pytest.approx(expected.item(), rel=1e-5)
+    # matched pairs score low, one shared vector scores chance (log B)
+    assert contrastive_loss(text, text, torch.ones(4, 5), 0.05).item() < 0.01
+    same = torch.ones(4, 2, 8)
+    assert contrastive_loss(same, same, torch.ones(4, 2), 0.1).item() == pytest.approx(math.log(4), rel=1e-5)
+
+
+def test_forward_adds_the_weighted_contrastive_term(tiny_folders):
+    model = load(tiny_folders["opt"], frame_embedding=True, vit="full")
+    model.eval()  # no dropout: the two forwards see the same network
+    pixels, inputs = frames(batch=3, t=2), model.encode_text(CAPTIONS[:3])
+    ce = model(pixels, **inputs)
+    both = model(pixels, **inputs, itc_weight=0.5, itc_temperature=0.1)
+    text = model.language_model.get_input_embeddings()(inputs["input_ids"])
+    itc = contrastive_loss(model.encode_visual(pixels), text, inputs["labels"] != -100, 0.1)
+    assert both.item() == pytest.approx(ce.item() + 0.5 * itc.item(), rel=1e-5)
+    both.backward()  # the term reaches the vision side
+    assert model.hf.vision_model.embeddings.patch_embedding.weight.grad.abs().sum() > 0
+
+
+def test_group_norm_advantages_scale_each_video_by_its_spread():
+    rewards = np.array([[1.0, 2.0, 3.0], [0.5, 0.5, 0.5], [0.0, 0.0, 3.0]])
+    baseline = rewards.mean(axis=1, keepdims=True).repeat(3, axis=1)
+    assert np.array_equal(compute_advantages(rewards, baseline, "raw"), rewards - baseline)
+    adv = compute_advantages(rewards, baseline, "group_norm")
+    assert np.allclose(adv.std(axis=1)[[0, 2]], 1.0, atol=1e-3)  # both informative videos pull alike
+    assert np.array_equal(adv[1], np.zeros(3))  # equal rewards: no signal, no NaN
+    with pytest.raises(ValueError, match="advantage"):
+        compute_advantages(rewards, baseline, "other")
+
+
+@pytest.mark.parametrize("override, field", [("ce.itc_weight=-1", "ce.itc_weight"),
+                                             ("ce.itc_temperature=0", "ce.itc_weight"),
+                                             ("scst.advantage=grpo", "scst.advantage")])
+def test_recipe_rejects_bad_alignment_and_advantage_keys(override, field):
+    from ds_videocap.config import ConfigError
+    from ds_videocap.recipe_io import load_recipe
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_recipe("synth", [override])  # validates
