@@ -29,8 +29,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ds_bench_common import (  # noqa: E402
-    ROOT, add_worker_args, bench_root, fake_batches, launch, load, median, report, run_worker_if_asked,
-    worker_setup, write_model, write_tokenizer)
+    add_worker_args,
+    bench_root,
+    fake_batches,
+    launch,
+    load,
+    median,
+    report,
+    run_worker_if_asked,
+    worker_setup,
+    write_model,
+    write_tokenizer,
+)
 
 VARIANTS = ("fit", "bare", "bare_cf")
 PIECES = ("forward", "backward", "step", "encode_text", "check_finite", "set_lr", "log", "tqdm", "skips")
@@ -159,7 +169,6 @@ def worker(args) -> None:
                 pieces[name][p] += spent[p]
     loads.append(load())
     # latency of the check's collective alone, between steps (ranks in step after a barrier)
-    import torch
     latency = []
     for _ in range(20):
         dist.barrier()
@@ -237,7 +246,8 @@ def main() -> int:
     for config in args.configs.split(","):
         print(f"[{config}] load {load()}", flush=True)
         res = launch(str(Path(__file__).resolve()),
-                     ["--config", config, "--model", str(folder), "--run-dir", str(root / f"run_{config}"), "--block", str(args.block),
+                     ["--config", config, "--model", str(folder), "--run-dir", str(root / f"run_{config}"),
+                      "--block", str(args.block),
                       "--rounds", str(args.rounds), "--micro", str(args.micro), "--batches", str(args.batches),
                       "--log-every", str(args.log_every)],
                      root / f"{config}.result.json", root / f"{config}.log")

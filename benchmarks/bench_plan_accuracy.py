@@ -6,7 +6,8 @@ reads its resident set size, builds the VideoCaptioner in fp32 with the case's t
 and runs two CE steps with torch.optim.AdamW (the second one runs with Adam's moments allocated,
 as every later step does); the SCST cases (ce.steps=0) run two SCST steps instead: K sampled
 captions per video, all run to max_new_tokens, then the policy-gradient pass with grad. Measured =
-peak RSS (ru_maxrss) after the second step minus RSS before building; planned = ds_videocap.plan.plan_recipe(device="cpu") for the same recipe under
+peak RSS (ru_maxrss) after the second step minus RSS before building; planned =
+ds_videocap.plan.plan_recipe(device="cpu") for the same recipe under
 ds_configs/zero0.json (the ZeRO-0 case without DeepSpeed: fp32 weights, fp32 grads, Adam m and v).
 The child builds the model with its constructor rather than from_pretrained, so that the memory-
 mapped weight file does not count: the planner plans training, not loading.
@@ -79,16 +80,19 @@ def run_child(folder: str, image: int, overrides: list[str]) -> dict:
     """In a fresh process: RSS before building, peak RSS after two AdamW steps."""
     import resource
 
+    import bitsandbytes  # noqa: F401  apply_trainable imports these; modules are runtime, not model memory
+    import peft  # noqa: F401
     import torch
-    from transformers import (AutoConfig, AutoTokenizer, Blip2ForConditionalGeneration,
-                              InstructBlipForConditionalGeneration)
+    from transformers import (
+        AutoConfig,
+        AutoTokenizer,
+        Blip2ForConditionalGeneration,
+        InstructBlipForConditionalGeneration,
+    )
 
     from ds_videocap.build import DEFAULT_PROMPTS, read_family
     from ds_videocap.model import VideoCaptioner
     from ds_videocap.trainable import apply_trainable
-
-    import bitsandbytes  # noqa: F401  apply_trainable imports these; modules are runtime, not model memory
-    import peft  # noqa: F401
 
     torch.set_num_threads(2)
     cfg = recipe_for(Path(folder), image, overrides)

@@ -30,11 +30,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ds_bench_common import (  # noqa: E402
-    add_worker_args, bench_root, fake_batches, launch, load, median, report, run_worker_if_asked,
-    worker_setup, write_model, write_tokenizer)
+    add_worker_args,
+    bench_root,
+    fake_batches,
+    launch,
+    load,
+    median,
+    report,
+    run_worker_if_asked,
+    worker_setup,
+    write_model,
+    write_tokenizer,
+)
 
 VARIANTS = ("zero0", "zero3_gather", "zero3_synced", "zero3_gather_ctx", "zero3_ds_unwrap")
-LABELS = {"zero0": "ZeRO-0 (zero0.json)", "zero3_gather": "ZeRO-3 gathered (zero3.json, scst.gather_for_generation=true)",
+LABELS = {"zero0": "ZeRO-0 (zero0.json)",
+          "zero3_gather": "ZeRO-3 gathered (zero3.json, scst.gather_for_generation=true)",
           "zero3_ds_unwrap": "ZeRO-3 gathered by DeepSpeed's unwrap_model_for_generation (reference: what "
                              "generation_context replaced)",
           "zero3_synced": "ZeRO-3 per-layer synced (zero3.json, scst.gather_for_generation=false)",
@@ -57,8 +68,8 @@ def worker(args) -> None:
     import torch
     import torch.distributed as dist
 
-    from ds_videocap.generation import generation_context
     from ds_videocap import scst
+    from ds_videocap.generation import generation_context
     from ds_videocap.scst import rollout
 
     overrides = [f"scst.micro_batch={args.micro}", f"scst.samples={args.samples}",
@@ -68,7 +79,8 @@ def worker(args) -> None:
     _, _, engine3, _, _ = worker_setup(args.model, args.run_dir, "zero3.json", overrides, args.micro)
     runs = {"zero0": (engine0, cfg.scst), "zero3_gather": (engine3, replace(cfg.scst, gather_for_generation=True)),
             "zero3_synced": (engine3, replace(cfg.scst, gather_for_generation=False)),
-            "zero3_gather_ctx": (engine3, None), "zero3_ds_unwrap": (engine3, replace(cfg.scst, gather_for_generation=True))}
+            "zero3_gather_ctx": (engine3, None),
+            "zero3_ds_unwrap": (engine3, replace(cfg.scst, gather_for_generation=True))}
     batches = fake_batches(cfg, 2, args.micro, seed=2, rank=rank)
     times = {v: [] for v in VARIANTS}
     lengths = {v: [] for v in VARIANTS}

@@ -27,8 +27,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ds_bench_common import (  # noqa: E402
-    add_worker_args, bench_root, fake_batches, launch, load, report, run_worker_if_asked, worker_setup,
-    write_model, write_tokenizer)
+    add_worker_args,
+    bench_root,
+    fake_batches,
+    launch,
+    load,
+    report,
+    run_worker_if_asked,
+    worker_setup,
+    write_model,
+    write_tokenizer,
+)
 
 SIZES = dict(vision_hidden=384, vision_layers=8, qformer_hidden=384, qformer_layers=6, num_query_tokens=16,
              llm_hidden=768, llm_layers=10, patch_size=8)
@@ -71,7 +80,8 @@ def worker(args) -> None:
     gc.collect()
     base = rss_mib()
     overrides = [f"ce.micro_batch={args.micro}", "data.frames=4", "ce.warmup_steps=0"]
-    config, _, extra = args.config.partition(":")  # e.g. zero3.json:reduce_bucket_size=5e6+stage3_max_live_parameters=1e7
+    # e.g. zero3.json:reduce_bucket_size=5e6+stage3_max_live_parameters=1e7
+    config, _, extra = args.config.partition(":")
     zero = {k: json.loads(v) if not v.replace(".", "").replace("e", "").isdigit() else int(float(v))
             for k, v in (kv.split("=") for kv in extra.split("+") if kv)}
     probes = {}
@@ -133,8 +143,9 @@ def table(results: list[dict]) -> str:
         delta = avg(r, "peak_mib") - avg(r, "base_mib")
         lines.append(f"| {r['config']} | {per(r, 'params_held', 1e6, 1)} | "
                      f"{avg(r, 'params_held') / r['params_total']:.2f} | {per(r, 'adam_elements', 1e6, 1)} | "
-                     f"{per(r, 'master_elements', 1e6, 1)} | {per(r, 'base_mib', 1, 0)} | {per(r, 'setup_mib', 1, 0)} | "
-                     f"{per(r, 'after_steps_mib', 1, 0)} | {per(r, 'peak_mib', 1, 0)} | {delta:.0f} | {delta / base_delta:.2f} |")
+                     f"{per(r, 'master_elements', 1e6, 1)} | {per(r, 'base_mib', 1, 0)} | "
+                     f"{per(r, 'setup_mib', 1, 0)} | {per(r, 'after_steps_mib', 1, 0)} | {per(r, 'peak_mib', 1, 0)} | "
+                     f"{delta:.0f} | {delta / base_delta:.2f} |")
     return "\n".join(lines) + ("\n\n(rank 0 / rank 1 where two figures; 'of total' and the deltas average the "
                                f"ranks; load average at the end of each launch: {[r['load'] for r in results]})")
 
@@ -158,7 +169,8 @@ def main() -> int:
                      ["--config", config, "--model", str(folder), "--run-dir", str(root / f"run_{config}"),
                       "--steps", str(args.steps), "--micro", str(args.micro)],
                      root / f"{config}.result.json", root / f"{config}.log",
-                     env={"MALLOC_MMAP_THRESHOLD_": str(args.malloc_mmap_threshold)} if args.malloc_mmap_threshold else None)
+                     env=({"MALLOC_MMAP_THRESHOLD_": str(args.malloc_mmap_threshold)}
+                          if args.malloc_mmap_threshold else None))
         print(f"[{config}] {res['params_total']:,} parameters ({res['params_trainable']:,} trainable), launch "
               f"{res['launch_wall_s']} s, load {res['load']}, per rank "
               f"{[{k: round(v, 1) if isinstance(v, float) else v for k, v in x.items()} for x in res['ranks']]}",

@@ -48,7 +48,8 @@ def child_env() -> dict:
 
 def add_worker_args(parser, *extra: str) -> None:
     """The parent's --out, and the arguments it hands its `--worker` children (hidden from --help)."""
-    parser.add_argument("--out", default=None, help="folder for the model, logs and results (default: a new temp folder)")
+    parser.add_argument("--out", default=None,
+                        help="folder for the model, logs and results (default: a new temp folder)")
     for name in ("--result", "--model", "--run-dir", *extra):
         parser.add_argument(name, help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -120,10 +121,10 @@ def worker_setup(model_dir: str, out: str, ds_json: str, overrides: list[str], m
     """init_distributed + the train path's model and engine (the synth recipe, all parts trained).
     `out` must be the same folder on every rank (the parent makes it); zero_overrides update the
     JSON's zero_optimization section; probe(label) is called once the model is built."""
-    from ds_videocap.recipe_io import load_recipe
     from ds_videocap.engine import adapt_ds_config, init_distributed, initialize, read_ds_config
     from ds_videocap.optim import build_optimizer
     from ds_videocap.prepare import prepare_model
+    from ds_videocap.recipe_io import load_recipe
 
     rank, world = init_distributed()
     cfg = load_recipe("synth", [f"model.path={model_dir}", "model.tiny=null", f"output_dir={out}", *overrides])

@@ -60,13 +60,14 @@ def main(argv=None) -> int:
     start, work = time.time(), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     synth = work / "synth"
-    run([sys.executable, "-m", "ds_videocap.cli", "data", "synth", "--out", str(synth), "--videos", "40", "--seed", "42"])
+    run([sys.executable, "-m", "ds_videocap.cli", "data", "synth", "--out", str(synth), "--videos", "40",
+         "--seed", "42"])
     device = "cpu (smoke)" if args.smoke else torch.cuda.get_device_name(0)
     results, first_run = [], None
     cases = [c for c in CASES if args.only is None or c[0] in args.only]
     for model_key in dict.fromkeys(c[1] for c in cases):
         folder = None
-        for name, key, ds_json, frames, extra in (c for c in cases if c[1] == model_key):
+        for name, _, ds_json, frames, extra in (c for c in cases if c[1] == model_key):
             if time.time() - start > args.budget_s:
                 results.append({"case": name, "status": "skipped: time budget spent"})
                 continue
@@ -142,8 +143,9 @@ def decode_cases(run_dir: Path, synth: Path, frames: int) -> list[dict]:
     """`eval` and `caption` of a run folder, on the GPU (the CLI's default device)."""
     results = []
     for name, command in (
-            ("eval", ["eval", "--checkpoint", str(run_dir), "--annotations", str(synth / "annotations" / "cap_test.json"),
-                      "--videos", str(synth / "videos"), "--json", "--frames", str(frames)]),
+            ("eval", ["eval", "--checkpoint", str(run_dir), "--annotations",
+                      str(synth / "annotations" / "cap_test.json"), "--videos", str(synth / "videos"), "--json",
+                      "--frames", str(frames)]),
             ("caption", ["caption", "--checkpoint", str(run_dir), str(synth / "videos"), "--json",
                          "--frames", str(frames), "--batch-size", "8"])):
         started = time.time()
@@ -199,9 +201,9 @@ def write_random_folder(model_key: str, tokenizer_dir: Path, out: Path) -> Path:
         T5TokenizerFast,
     )
 
+    from ds_videocap.plan import load_plan_recipe, read_hf_config
     from ds_videocap.processor import save_processor
     from ds_videocap.video import CLIP_MEAN, CLIP_STD
-    from ds_videocap.plan import load_plan_recipe, read_hf_config
 
     config = read_hf_config(load_plan_recipe(MODELS[model_key]))
     family = TINY[model_key]

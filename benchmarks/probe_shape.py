@@ -105,8 +105,8 @@ def prefix_scores(model, pixels, colours: list[str]) -> torch.Tensor:
 
 def where_shape_is_lost(args) -> None:
     import numpy as np
-
-    from tune_tiny import build, load_split, pick_frames, parser as tune_parser
+    from tune_tiny import build, load_split, pick_frames
+    from tune_tiny import parser as tune_parser
 
     # the model tune_tiny.py --save trained, built the way it builds it (its defaults: the synth recipe's)
     tune_args = tune_parser().parse_args(["--synth", str(args.synth)])
@@ -131,7 +131,8 @@ def where_shape_is_lost(args) -> None:
     scores = prefix_scores(model, pick_frames(val_frames, np.array(single), CLIP_FRAMES, None, train=False),
                            [val_clips[i].attributes["colors"][0] for i in single])
     corrected = scores - scores.mean(0)  # take out the words' prior: only what the video adds counts
-    print(f"LLM prefix scores on {len(single)} val clips: shape accuracy {(scores.argmax(1) == truth).float().mean():.3f}"
+    accuracy = (scores.argmax(1) == truth).float().mean()
+    print(f"LLM prefix scores on {len(single)} val clips: shape accuracy {accuracy:.3f}"
           f" (argmax), {(corrected.argmax(1) == truth).float().mean():.3f} (prior removed)")
     for index, shape in enumerate(SHAPES):
         print(f"  {shape} clips: mean score per candidate shape {scores[truth == index].mean(0).numpy().round(3)}")

@@ -45,8 +45,13 @@ def write_wide_folder(family: str, tokenizer_dir: Path, out: Path, image_size: i
                       qformer_layers: int = 2, llm_layers: int = 1, seed: int = 0) -> Path:
     """A BLIP-2 OPT-6.7B (family opt) or InstructBLIP Vicuna-7B (llama) folder at full width, random weights."""
     import torch
-    from transformers import (Blip2Config, Blip2ForConditionalGeneration, InstructBlipConfig,
-                              InstructBlipForConditionalGeneration, LlamaTokenizerFast)
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        InstructBlipConfig,
+        InstructBlipForConditionalGeneration,
+        LlamaTokenizerFast,
+    )
 
     from ds_videocap.export import EXTRA_JSON, write_preprocessor_config
 

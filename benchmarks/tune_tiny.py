@@ -30,8 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from ds_videocap.annotations import read_annotations  # noqa: E402
 from ds_videocap.captions import normalize_caption  # noqa: E402
-from ds_videocap.video import CLIP_MEAN, CLIP_STD  # noqa: E402
-from ds_videocap.video import read_frames, sample_indices  # noqa: E402
+from ds_videocap.video import CLIP_MEAN, CLIP_STD, read_frames, sample_indices  # noqa: E402  # noqa: E402
 
 
 def load_split(synth: Path, split: str):
@@ -264,8 +263,8 @@ def run_scst(args, model, train_clips, train_frames, val_clips, val_frames, refs
             g["lr"] = lr_at(step, args.scst_steps, 0, args.scst_lr, min_lr)
         model.eval()
         with torch.no_grad():
-            samples = model.generate(px, do_sample=True, num_return_sequences=k, temperature=args.scst_temperature, top_k=0,
-                                     max_new_tokens=16)
+            samples = model.generate(px, do_sample=True, num_return_sequences=k, temperature=args.scst_temperature,
+                                     top_k=0, max_new_tokens=16)
         model.train()
         captions = model.decode(samples)
         rewards = reward.score(captions, [train_clips[i].captions for i in idx for _ in range(k)]).reshape(-1, k)

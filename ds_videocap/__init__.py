@@ -1,7 +1,8 @@
 """ds-videocap: BLIP-2 / InstructBLIP video captioners trained on DeepSpeed (CE and SCST).
 
 The pipeline, in the order a training run goes through it (`ds-videocap train`, train.py):
-  run_check.py    every rule across recipe, DeepSpeed JSON and files, before any rank starts
+  run_check.py    every rule across recipe, DeepSpeed JSON and files, before any rank starts;
+                  paths.py resolves the user's paths against where they stand
   config.py       the recipe's dataclasses and its own rules (validate); recipe_io.py reads YAML
                   recipes with key=value overrides and writes the run's config.yaml
   engine.py       the JSON's facts, distributed start/end, every collective, deepspeed.initialize
@@ -10,18 +11,21 @@ The pipeline, in the order a training run goes through it (`ds-videocap train`, 
   annotations.py  MSR-VTT / MSVD / VATEX / LAVIS / JSONL readers -> Clip records
   video.py, data.py   frame sampling and decoding; dataset, collate, resumable distributed sampler
   build.py        a Hugging Face folder (or a tiny one built in code) -> VideoCaptioner (model.py),
-                  with trainable.py's LoRA / frozen parts and bitsandbytes
+                  with processor.py's image settings, trainable.py's LoRA / frozen parts and
+                  quantize.py's bitsandbytes settings
   optim.py        AdamW or CPU Adam, the lr schedule, the optimizer settings at the phase change
   loop.py         fit(): the one loop; backward, step and the non-finite rule for both phases
-  ce.py, scst.py  the step functions (a micro-batch -> loss, metrics); scst.py rolls out inside
-                  generation.py's context and scores with reward.py (CIDEr-D)
+  ce.py, scst.py  the step functions (a micro-batch -> loss, metrics); ce.py may add align.py's
+                  contrastive term; scst.py rolls out inside generation.py's context, scores with
+                  reward.py (CIDEr-D) and weighs samples with scst_advantage.py
   run_eval.py     validation and test during training (decoding in evaluate.py)
   run_folder.py   metrics.jsonl, summary.json, results/, checkpoints (checkpoints.py)
 
 Tools beside the pipeline: evaluate.py (`eval`, `caption`, `export` of a checkpoint; export.py writes
 the Hugging Face folder), datacheck.py (`data check`), synth.py (`data synth`), plan.py and
 plan_memory.py (`plan`), report.py (`report`), lavis.py (`import-lavis`), watchdog.py (orphaned
-ranks), output.py (--json printing), cli.py (the command line, importing each handler lazily).
+ranks), output.py (--json printing), noise.py (library chatter off stdout), cli.py (the command
+line, importing each handler lazily).
 docs/architecture.md says more.
 """
 __version__ = "0.1.0"

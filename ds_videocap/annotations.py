@@ -13,7 +13,6 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from .errors import UserError
 
@@ -35,12 +34,12 @@ class Clip:
     """Resolved path; may not exist (`data check` reports it)."""
     captions: list
     """Raw reference captions (normalised later, by the dataset)."""
-    split: Optional[str] = None
-    attributes: Optional[dict] = None
+    split: str | None = None
+    attributes: dict | None = None
     """Per-clip ground truth the synthetic set stores: {"colors": [..], "shapes": [..], "motions": [..]}."""
 
 
-def normalize_split(name) -> Optional[str]:
+def normalize_split(name) -> str | None:
     return None if name is None else _SPLIT_NAMES.get(str(name).lower(), str(name).lower())
 
 
@@ -105,7 +104,7 @@ def detect_format(path) -> str:
     return _detect(path, _load_json(path))
 
 
-def read_annotations(path, videos_root=None, fmt: str = "auto", split: Optional[str] = None) -> list:
+def read_annotations(path, videos_root=None, fmt: str = "auto", split: str | None = None) -> list:
     """Read one annotation file into Clip records (one per video, captions grouped, file order kept).
 
     `split` keeps the clips of that split (MSR-VTT "validate" and VATEX "validation" are "val");
@@ -156,14 +155,14 @@ def _captions(path: Path, where: str, record, name: str) -> list:
     return [value] if isinstance(value, str) else list(value)
 
 
-def _attributes(path: Path, where: str, record) -> Optional[dict]:
+def _attributes(path: Path, where: str, record) -> dict | None:
     value = record.get("attributes")
     if value is not None and not isinstance(value, dict):
         raise AnnotationError(f"{path}: {where}: field 'attributes' must be an object, got {value!r:.60}")
     return value
 
 
-def _split_from_name(path: Path) -> Optional[str]:
+def _split_from_name(path: Path) -> str | None:
     """cap_train.json, vatex_validation_v1.0.json, test_gt.json: the split is in the file name."""
     for token in re.split(r"[^a-z]+", path.stem.lower()):
         if token in _SPLIT_NAMES:

@@ -10,7 +10,6 @@ import sys
 
 from .annotations import FORMATS as ANNOTATION_FORMATS  # light: json, csv, re
 
-
 DESCRIPTION = """Caption videos with BLIP-2 / InstructBLIP models and train them on DeepSpeed.
 
 Typical use: check your annotations and videos (`data check`), train a recipe with

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from .errors import UserError
 
@@ -22,16 +21,16 @@ class ConfigError(UserError):
 
 @dataclass
 class DataCfg:
-    videos: Optional[str] = None
+    videos: str | None = None
     """Videos root; relative video paths in annotation files resolve against it."""
-    train: Optional[str] = None
+    train: str | None = None
     """Training annotation file (format auto-detected unless `format` is set)."""
-    sources: Optional[list] = None
+    sources: list | None = None
     """Several training sets drawn by ratio, instead of `train`: a list of {name, train, videos, ratio,
     format}; e.g. WebVid pseudo-captions and MSR-VTT at 1:7. Validation and test stay per dataset."""
-    val: Optional[str] = None
+    val: str | None = None
     """Validation annotation file; empty skips periodic validation."""
-    test: Optional[str] = None
+    test: str | None = None
     """Test annotation file, scored after each phase."""
     format: str = "auto"
     """auto | lavis | msrvtt | msvd | vatex | jsonl"""
@@ -39,9 +38,9 @@ class DataCfg:
     """Frames sampled per clip (T)."""
     image_size: int = 224
     """Frames are resized to this square size at decode."""
-    image_mean: Optional[list] = None
+    image_mean: list | None = None
     """Per-channel mean frames are normalised with; None: the model folder's image processor's."""
-    image_std: Optional[list] = None
+    image_std: list | None = None
     """Per-channel std frames are normalised with; None: the model folder's image processor's."""
     train_sampling: str = "random_segment"
     """random_segment | headtail | uniform: frame sampling for training."""
@@ -63,13 +62,13 @@ class DataCfg:
 
 @dataclass
 class ModelCfg:
-    path: Optional[str] = None
+    path: str | None = None
     """A local Hugging Face folder (Blip2ForConditionalGeneration / InstructBlipForConditionalGeneration)."""
-    tiny: Optional[str] = None
+    tiny: str | None = None
     """opt | t5 | llama: a tiny model built in code (used when `path` is empty)."""
-    tokenizer: Optional[str] = None
+    tokenizer: str | None = None
     """Tokenizer folder for tiny models (default: the synthetic set's tokenizer/)."""
-    fusion: Optional[str] = None
+    fusion: str | None = None
     """concat: all frames in one Q-Former pass (the study); per_frame: one pass per frame (InstructBLIP-Video).
     None: the folder's (videocap.json), else per_frame for InstructBLIP-Video folders and concat otherwise."""
     frame_embedding: bool = False
@@ -78,11 +77,11 @@ class ModelCfg:
     """frozen | lora | full"""
     vit: str = "frozen"
     """frozen | full"""
-    quant: Optional[str] = None
+    quant: str | None = None
     """None | 8bit | 4bit: load the LLM with bitsandbytes."""
-    prompt: Optional[str] = None
+    prompt: str | None = None
     """Text prompt; None takes the family default (T5: 'a video of', OPT: none)."""
-    qformer_text: Optional[bool] = None
+    qformer_text: bool | None = None
     """InstructBLIP: feed the prompt to the Q-Former as instruction text. None: the folder's
     (videocap.json), else true for InstructBLIP-Video folders and false otherwise."""
     opt_train_bos: bool = False
@@ -90,7 +89,7 @@ class ModelCfg:
     LAVIS Blip2OPT does (its CE loss is then about 0.2% higher on equal weights)."""
     max_txt_len: int = 50
     """Maximum caption tokens in training."""
-    image_size: Optional[int] = None
+    image_size: int | None = None
     """Frame size fed to the ViT; None uses the checkpoint's preprocessor size; another size
     interpolates the position embeddings."""
     grad_checkpointing_llm: bool = False
@@ -102,7 +101,7 @@ class LoraCfg:
     r: int = 8
     alpha: int = 16
     dropout: float = 0.05
-    targets: Optional[list] = None
+    targets: list | None = None
     """None takes the family default (T5: q, v; OPT and Llama: q_proj, v_proj)."""
 
 
@@ -110,7 +109,7 @@ class LoraCfg:
 class CECfg:
     steps: int = 1000
     """Optimizer steps of cross-entropy training; 0 skips the phase."""
-    epochs: Optional[int] = None
+    epochs: int | None = None
     """When set, overrides `steps` with epochs x steps-per-epoch."""
     lr: float = 5e-5
     min_lr: float = 1e-5
@@ -124,7 +123,7 @@ class CECfg:
     """Checkpoint every N steps (0: only at the end)."""
     keep_last: int = 2
     """Checkpoints kept (the best by validation CIDEr is kept as well)."""
-    micro_batch: Optional[int] = None
+    micro_batch: int | None = None
     """Per-rank micro-batch; None takes train_micro_batch_size_per_gpu from the JSON."""
     itc_weight: float = 0.0
     """Add this much video-text contrastive loss (align.py) to the caption loss; 0 is off."""
@@ -139,7 +138,7 @@ class SCSTCfg:
     warmup_steps: int = 0
     weight_decay: float = 0.05
     betas: list = field(default_factory=lambda: [0.9, 0.999])
-    micro_batch: Optional[int] = None
+    micro_batch: int | None = None
     samples: int = 5
     """K multinomial samples per video."""
     baseline: str = "mean_others"
@@ -180,16 +179,16 @@ class EvalCfg:
 @dataclass
 class RecipeCfg:
     name: str = "custom"
-    output_dir: Optional[str] = None
+    output_dir: str | None = None
     """Default runs/<name>."""
     seed: int = 42
-    resume: Optional[str] = None
+    resume: str | None = None
     """auto (last complete checkpoint in output_dir) or a checkpoint folder."""
-    init_from: Optional[str] = None
+    init_from: str | None = None
     """Start from this checkpoint's weights (e.g. SCST from a CE run)."""
-    synth_dir: Optional[str] = None
+    synth_dir: str | None = None
     """When set, `train` generates the synthetic set there (once); empty data paths point into it."""
-    synth_videos: Optional[int] = None
+    synth_videos: int | None = None
     """Clips in the generated synthetic set (None: the set's standard size)."""
     max_nonfinite_steps: int = 5
     """A NaN/inf loss or reward skips that update; this many in a row stop the run (naming the step

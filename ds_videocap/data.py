@@ -6,8 +6,6 @@ the batch, and SkipTracker stops the run when too many of an epoch's videos are 
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
@@ -218,14 +216,14 @@ def build_loader(dataset, batch_size: int, rank: int = 0, world: int = 1, seed: 
 class SkipTracker:
     """Counts skipped videos per epoch, keeps them all for the run summary, enforces the limit."""
 
-    def __init__(self, max_fraction: float, epoch_size: Optional[int] = None):
+    def __init__(self, max_fraction: float, epoch_size: int | None = None):
         self.max_fraction = max_fraction
         self.epoch_size = epoch_size
         self.seen = 0
         self.epoch_skipped: list = []
         self.all_skipped: list = []
 
-    def add(self, skipped, seen: Optional[int] = None) -> None:
+    def add(self, skipped, seen: int | None = None) -> None:
         """`skipped`: a collated batch (its "skipped" list and size are read) or a list of skips."""
         if isinstance(skipped, dict):
             seen = len(skipped["indices"]) + len(skipped["skipped"])

@@ -6,7 +6,6 @@ unreadable annotation file is an AnnotationError (the CLI exits 2).
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections import Counter
@@ -131,7 +130,8 @@ def format_report(report: dict, max_problems: int = 20) -> str:
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
     problems = report["problems"]
     if problems:
-        lines.append(f"problems ({len(problems)}{', first ' + str(max_problems) if len(problems) > max_problems else ''}):")
+        shown = f", first {max_problems}" if len(problems) > max_problems else ""
+        lines.append(f"problems ({len(problems)}{shown}):")
         lines += [f"  {p['file']}: {p['reason']}" for p in problems[:max_problems]]
     lines.append("OK: every record is usable" if is_usable(report) else
                  "NOT OK: fix or remove the records above (duplicates alone are allowed)")

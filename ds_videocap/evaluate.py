@@ -19,7 +19,6 @@ from .annotations import VIDEO_EXTENSIONS, Clip, read_annotations
 from .build import build_model, image_settings
 from .checkpoints import COMPLETE, complete_checkpoints, read_full_state_dict
 from .config import ModelCfg, RecipeCfg
-from .recipe_io import load_saved_config
 from .data import VideoCaptionDataset, blank_batch, collate_clips, shard_indices
 from .engine import gather_objects, init_distributed, rank_and_world
 from .errors import UserError
@@ -27,6 +26,7 @@ from .export import save_hf_folder
 from .metrics import score_captions, write_results
 from .output import print_json
 from .paths import follow_run_folder
+from .recipe_io import load_saved_config
 from .synth import attribute_accuracy
 
 

@@ -18,8 +18,8 @@ import re
 import shutil
 from pathlib import Path
 
-from .errors import UserError
 from .build import check_folder, read_family
+from .errors import UserError
 from .lavis_names import checkpoint_family, may_come_from_base, qkv_bias_name, rename
 from .processor import read_image_settings, set_image_size
 
@@ -86,7 +86,8 @@ def import_lavis(checkpoint, base, out, lora_r: int | None = None, lora_alpha: f
     vit_size = _vit_trained_size(mapped, base_weights, config.vision_config)
     untied, refused = _place_tied(tied, mapped, family)
     mismatched = [f"{key}: differs from {name}, to which --base ties it, and only T5's output head can be untied"
-                  for key, name in refused] + [f"{name}: checkpoint {tuple(t.shape)}, base {tuple(base_weights[name].shape)}"
+                  for key, name in refused] + [
+                  f"{name}: checkpoint {tuple(t.shape)}, base {tuple(base_weights[name].shape)}"
                   for name, t in mapped.items() if name in base_weights and t.shape != base_weights[name].shape
                   and not (name == POSITION and vit_size)]
     from_base = [n for n in base_weights if n not in mapped]

@@ -62,7 +62,7 @@ def score_captions(results: dict, references: dict, spice: bool | None = None) -
         scores = _run_scorers(results, references, run_spice)
     if spice is None and not run_spice:
         # a warning (stderr) rather than a print, so callers can filter it; one per evaluation
-        warnings.warn("SPICE skipped: Stanford CoreNLP jars not installed in pycocoevalcap/spice/lib")
+        warnings.warn("SPICE skipped: Stanford CoreNLP jars not installed in pycocoevalcap/spice/lib", stacklevel=2)
     return scores
 
 

@@ -39,7 +39,8 @@ def read_sources(entries: list, recipe: str) -> list[Source]:
         if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or ratio <= 0:
             raise UserError(f"{where}.ratio' must be a number > 0, got {ratio!r}")
         name = str(entry.get("name") or f"source{i}")
-        sources.append(Source(name, str(entry["train"]), entry.get("videos"), float(ratio), entry.get("format", "auto")))
+        sources.append(Source(name, str(entry["train"]), entry.get("videos"), float(ratio),
+                              entry.get("format", "auto")))
     if len({s.name for s in sources}) != len(sources):
         raise UserError(f"recipe '{recipe}': field 'data.sources': names must be unique")
     return sources

@@ -223,7 +223,8 @@ class VideoCaptioner(nn.Module):
         """
         embeds, mask = self._prefix(self.encode_visual(pixel_values))
         kwargs = dict(num_beams=num_beams, do_sample=do_sample, num_return_sequences=num_return_sequences,
-                      max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, eos_token_id=self.stop_ids, pad_token_id=self.pad_id,
+                      max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, eos_token_id=self.stop_ids,
+                      pad_token_id=self.pad_id,
                       synced_gpus=synced_gpus, return_dict_in_generate=True, output_scores=return_logprobs)
         if num_beams > 1:
             kwargs["length_penalty"] = length_penalty

@@ -50,7 +50,7 @@ def base_optimizer(engine_or_optimizer):
     """The torch optimizer holding the parameter groups and Adam state, under any DeepSpeed wrapper
     (ZeRO 1-3 and the bf16 optimizer keep it as `.optimizer`)."""
     optimizer = getattr(engine_or_optimizer, "optimizer", engine_or_optimizer)
-    while hasattr(optimizer, "optimizer") and isinstance(getattr(optimizer, "optimizer"), torch.optim.Optimizer):
+    while hasattr(optimizer, "optimizer") and isinstance(optimizer.optimizer, torch.optim.Optimizer):
         optimizer = optimizer.optimizer
     return optimizer
 

@@ -8,19 +8,19 @@ benchmarks/bench_plan_accuracy.py.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import replace
 from pathlib import Path
 
-from .build import DEFAULT_PROMPTS, quant_refusal, read_family, tiny_text_config
-from .recipe_io import load_recipe
+from .build import DEFAULT_PROMPTS, read_family, tiny_text_config
 from .engine import read_ds_config
 from .errors import UserError
 from .model import MAX_FRAMES
 from .output import print_json
-from .trainable import LORA_TARGETS
 from .plan_memory import GIB, ModelSpec, Shape, estimate_config, speed_rank
+from .quantize import quant_refusal
+from .recipe_io import load_recipe
+from .trainable import LORA_TARGETS
 
 DS_CONFIGS = Path(__file__).resolve().parent.parent / "ds_configs"
 NO_FOLDER = "<no folder>"  # stands in for model.path while the recipe validates (study recipes leave it empty)

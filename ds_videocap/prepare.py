@@ -13,10 +13,10 @@ from pathlib import Path
 
 from .annotations import read_annotations
 from .build import build_model, build_tiny_folder, image_settings, input_size
-from .recipe_io import save_config
 from .engine import barrier, rank_and_world
 from .errors import UserError
 from .mixing import read_sources
+from .recipe_io import save_config
 from .reward import CiderD
 from .run_check import check_global_batch
 from .synth import make_synthetic_set

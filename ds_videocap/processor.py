@@ -68,7 +68,7 @@ def save_processor(out: str | Path, tokenizer, qformer_tokenizer, image_size: in
     """
     import copy
 
-    from transformers import BlipImageProcessor, Blip2Processor, InstructBlipProcessor
+    from transformers import Blip2Processor, BlipImageProcessor, InstructBlipProcessor
 
     tokenizer = copy.deepcopy(tokenizer)  # the live model's tokenizer stays as it was
     if tokenizer.bos_token_id is not None and hasattr(tokenizer, "add_bos_token") and \

@@ -12,7 +12,6 @@ import json
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
-from typing import Optional
 
 import yaml
 
@@ -112,7 +111,7 @@ def _read_summary(root: Path, notes: list) -> dict:
     return summary if isinstance(summary, dict) else {}
 
 
-def _read_results(path: Path, notes: list) -> Optional[dict]:
+def _read_results(path: Path, notes: list) -> dict | None:
     if not path.is_file():
         notes.append(f"no results/{path.name}: no generated test captions for phase '{path.name[:-10]}'")
         return None

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import io
 import math
-from typing import Optional
 
 import numpy as np
 
@@ -83,7 +82,7 @@ def _panels(train: list, val: list) -> list:
     return panels
 
 
-def plot_phase(phase: str, train: list, val: list) -> Optional[str]:
+def plot_phase(phase: str, train: list, val: list) -> str | None:
     """One row of panels (loss, reward, validation CIDEr against step) for a phase, as a PNG data
     URI; None when the phase logged none of them."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

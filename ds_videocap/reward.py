@@ -155,7 +155,7 @@ class CiderD:
         return self._document_frequency
 
     @classmethod
-    def from_corpus(cls, references: list[list[str]], n: int = 4, sigma: float = 6.0) -> "CiderD":
+    def from_corpus(cls, references: list[list[str]], n: int = 4, sigma: float = 6.0) -> CiderD:
         """Document frequencies over reference sets: an n-gram counts once per set that contains it."""
         # A batch lists each video's references once per sample: extract n-grams once per distinct set.
         if not references:
@@ -185,7 +185,7 @@ class CiderD:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "CiderD":
+    def load(cls, path: str | Path) -> CiderD:
         path = Path(path)
         try:
             payload = json.loads(path.read_text())

@@ -10,13 +10,14 @@ import os
 from pathlib import Path
 
 from .annotations import read_annotations
-from .build import check_folder, image_settings, quant_refusal, read_family_of_folder
+from .build import check_folder, image_settings, read_family_of_folder
 from .checkpoints import COMPLETE
-from .recipe_io import load_recipe
 from .engine import read_ds_config, zero_stage
 from .errors import UserError
 from .mixing import read_sources
 from .paths import absolute_paths, shipped_values, user_file
+from .quantize import quant_refusal
+from .recipe_io import load_recipe
 from .synth import is_ready
 
 HYBRID_ENGINE_FAMILIES = ("opt", "llama")

@@ -10,7 +10,6 @@ import os
 import signal
 import threading
 from contextlib import contextmanager
-from typing import Optional
 
 import numpy as np
 
@@ -63,7 +62,7 @@ def sample_indices(mode: str, num_frames: int, T: int, rng=None) -> list:
 
 
 @contextmanager
-def _deadline(seconds: Optional[float], path: str):
+def _deadline(seconds: float | None, path: str):
     """Raise DecodeTimeout inside the block after `seconds` (SIGALRM, so only in a main thread).
 
     DataLoader workers run the dataset in their main thread, so this works there too. A signal is
@@ -87,8 +86,8 @@ def _deadline(seconds: Optional[float], path: str):
         signal.signal(signal.SIGALRM, previous)
 
 
-def read_frames(path, indices_mode: str, T: int, size: Optional[int], backend: str = "decord", rng=None,
-                timeout_s: Optional[float] = None, threads: int = 0) -> np.ndarray:
+def read_frames(path, indices_mode: str, T: int, size: int | None, backend: str = "decord", rng=None,
+                timeout_s: float | None = None, threads: int = 0) -> np.ndarray:
     """Decode T frames sampled by `indices_mode` -> uint8 (T, size, size, 3) RGB.
 
     size None keeps the native resolution. `threads` is decord's decoder thread count (0: FFmpeg

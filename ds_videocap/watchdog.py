@@ -3,7 +3,8 @@
 `kill -9` of the DeepSpeed launcher (or of its per-node launch.py) leaves the ranks running as
 orphans: they would finish the run in the background and race a `resume=auto` started in the same
 output folder. Each rank therefore watches its parent (and, under DeepSpeed's launch.py, the
-launcher above it) from a daemon thread and exits as soon as either is gone. Linux only (reads /proc); elsewhere a no-op.
+launcher above it) from a daemon thread and exits as soon as either is gone. Linux only (reads /proc);
+elsewhere a no-op.
 """
 from __future__ import annotations
 

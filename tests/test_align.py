@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import CAPTIONS, frames, load
 
 from ds_videocap.align import contrastive_loss
 from ds_videocap.scst_advantage import compute_advantages
-from tiny_models import CAPTIONS, frames, load, tiny_folders, tokenizer_dir  # noqa: F401
 
 
 def test_contrastive_loss_is_infonce_in_both_directions():

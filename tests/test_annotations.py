@@ -35,7 +35,8 @@ def test_lavis_eval_list_and_coco_ground_truth(tmp_path):
         {"image_id": "v2", "caption": "one", "id": 0}, {"image_id": "v2", "caption": "two", "id": 1},
         {"image_id": "v3", "caption": "three", "id": 2}], "images": [{"id": "v2"}, {"id": "v3"}]})
     clips = read_annotations(gt)
-    assert [(c.video_id, c.captions, c.split) for c in clips] == [("v2", ["one", "two"], "test"), ("v3", ["three"], "test")]
+    assert [(c.video_id, c.captions, c.split) for c in clips] == [("v2", ["one", "two"], "test"),
+                                                                   ("v3", ["three"], "test")]
 
 
 def test_msrvtt_official_splits(tmp_path):

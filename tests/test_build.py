@@ -6,11 +6,12 @@ import shutil
 
 import pytest
 import torch
-
-from ds_videocap.build import image_settings, quantization_config
-from ds_videocap.trainable import count_parameters
-from ds_videocap.errors import UserError
 from tiny_models import CAPTIONS, frames, load
+
+from ds_videocap.build import image_settings
+from ds_videocap.errors import UserError
+from ds_videocap.quantize import quantization_config
+from ds_videocap.trainable import count_parameters
 
 
 def _trainable_names(model) -> set[str]:

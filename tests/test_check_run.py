@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 
 from ds_videocap.config import ConfigError
-from ds_videocap.recipe_io import load_recipe
 from ds_videocap.errors import UserError
+from ds_videocap.recipe_io import load_recipe
 from ds_videocap.run_check import check_run
 
 ZERO0 = "ds_configs/zero0.json"

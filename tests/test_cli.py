@@ -8,8 +8,8 @@ import pytest
 
 from ds_videocap import __version__
 from ds_videocap.cli import build_parser, main
-from ds_videocap.recipe_io import load_recipe
 from ds_videocap.errors import UserError
+from ds_videocap.recipe_io import load_recipe
 
 
 @pytest.mark.parametrize("argv,option", [

@@ -5,8 +5,14 @@ import torch
 
 from ds_videocap.annotations import Clip
 from ds_videocap.config import DataCfg
-from ds_videocap.data import (ResumableDistributedSampler, SkipTracker, VideoCaptionDataset, build_loader,
-                              collate_clips, shard_indices)
+from ds_videocap.data import (
+    ResumableDistributedSampler,
+    SkipTracker,
+    VideoCaptionDataset,
+    build_loader,
+    collate_clips,
+    shard_indices,
+)
 from ds_videocap.errors import UserError
 
 

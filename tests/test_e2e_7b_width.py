@@ -11,7 +11,6 @@ import os
 import sys
 
 import pytest
-
 from e2e import ROOT, read_metrics
 
 sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -6,7 +6,6 @@ import json
 import subprocess
 
 import pytest
-
 from e2e import FAST, ROOT, child_env
 
 pytestmark = pytest.mark.slow

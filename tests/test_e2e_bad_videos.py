@@ -4,7 +4,6 @@ import json
 import subprocess
 
 import pytest
-
 from e2e import ROOT, child_env, run_train, train_command
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,6 @@ import json
 import math
 
 import pytest
-
 from e2e import read_metrics, run_train
 
 pytestmark = pytest.mark.slow
@@ -27,7 +26,8 @@ def synth(tmp_path_factory):
 def test_one_ce_and_one_scst_step_in_bf16(tmp_path, synth, ds_json):
     out = tmp_path / "run"
     proc = run_train(out, synth, ds_json, "ce.steps=1", "scst.steps=1", "scst.max_new_tokens=8",
-                     "model.frame_embedding=true", "scst.weight_decay=0.2", "scst.betas=[0.5,0.6]", "scst.reset_optimizer=true",
+                     "model.frame_embedding=true", "scst.weight_decay=0.2", "scst.betas=[0.5,0.6]",
+                     "scst.reset_optimizer=true",
                      env={"DS_VIDEOCAP_CPU_BF16": "1"})
     assert "torch.bfloat16" in proc.stdout and "training in fp32" not in proc.stdout
     # SCST's optimizer settings, read back from the ZeRO optimizer's own parameter groups.

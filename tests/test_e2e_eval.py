@@ -2,9 +2,7 @@
 import json
 import subprocess
 
-import numpy as np
 import pytest
-
 from e2e import ROOT, child_env, cli, run_train
 
 pytestmark = pytest.mark.slow
@@ -66,8 +64,6 @@ def test_distributed_eval_shards_without_duplicates_or_drops(trained, tmp_path):
 
 def test_export_reload_and_caption_mp4_avi_webm(trained, tmp_path):
     import av
-
-    from conftest import write_video
 
     synth, run = trained
     source = sorted((synth / "videos").glob("*.mp4"))[0]

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from e2e import cli
-from tiny_models import load, tiny_folders, tokenizer_dir  # noqa: F401
+from tiny_models import load
 
 pytestmark = pytest.mark.slow
 
@@ -81,11 +80,11 @@ def test_train_and_caption_an_instructblip_video_folder(tmp_path):
     """`train` under the launcher on an InstructBLIP-Video folder: per_frame fusion and Q-Former text by
     default, recorded in the run's config.yaml, which `caption` on the run folder then follows."""
     import yaml
+    from e2e import run_train
+    from tiny_models import instructblip_video_folder
 
     from ds_videocap.build import build_tiny_folder
     from ds_videocap.synth import make_synthetic_set
-    from e2e import run_train
-    from tiny_models import instructblip_video_folder
 
     synth = make_synthetic_set(tmp_path / "synth", videos=40, seed=42)
     image = build_tiny_folder("llama", synth / "tokenizer", tmp_path / "llama")

@@ -14,7 +14,6 @@ import time
 
 import psutil
 import pytest
-
 from e2e import ROOT, child_env, losses_by_step, run_train, train_command
 from test_e2e_resume import STEPS, synth  # noqa: F401  (the module's synthetic-set fixture)
 

@@ -8,7 +8,6 @@ import socket
 import subprocess
 
 import pytest
-
 from e2e import ROOT, child_env, losses_by_step, run_train, train_command
 
 pytestmark = pytest.mark.slow

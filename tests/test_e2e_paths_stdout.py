@@ -13,7 +13,6 @@ import subprocess
 import sys
 
 import pytest
-
 from e2e import FAST, ROOT, child_env
 
 pytestmark = pytest.mark.slow

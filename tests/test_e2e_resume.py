@@ -7,8 +7,7 @@ import subprocess
 import time
 
 import pytest
-
-from e2e import ROOT, losses_by_step, run_train, child_env, train_command
+from e2e import ROOT, child_env, losses_by_step, run_train, train_command
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,6 @@ raises its own reward without buying it by dropping content (no attribute accura
 import json
 
 import pytest
-
 from e2e import read_metrics, run_train
 
 pytestmark = pytest.mark.slow

@@ -1,9 +1,7 @@
 """End to end through launch/train.sh: the DeepSpeed launcher, 2 ranks, gloo, on the CPU."""
 import json
-from pathlib import Path
 
 import pytest
-
 from e2e import ROOT, losses_by_step, read_metrics, run_train
 
 pytestmark = pytest.mark.slow

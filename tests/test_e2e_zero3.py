@@ -3,7 +3,6 @@ generation paths work when every parameter (none persistent) must be fetched."""
 import subprocess
 
 import pytest
-
 from e2e import ROOT, child_env
 
 pytestmark = pytest.mark.slow

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from ds_videocap.engine import adapt_ds_config, read_ds_config
-from ds_videocap.optim import lr_at, param_groups
 from ds_videocap.errors import UserError
+from ds_videocap.optim import lr_at, param_groups
 
 CONFIGS = sorted((Path(__file__).parent.parent / "ds_configs").glob("*.json"))
 

@@ -8,9 +8,9 @@ from argparse import Namespace
 
 import pytest
 import torch
+from tiny_models import CAPTIONS, frames, instructblip_video_folder, load
 
 from ds_videocap.build import image_settings
-from tiny_models import CAPTIONS, frames, instructblip_video_folder, load, tiny_folders, tokenizer_dir  # noqa: F401
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
@@ -25,7 +25,8 @@ def old_layout(folder, out, mean=MEAN, std=STD):
     shutil.copytree(folder, out)
     (out / "processor_config.json").unlink()
     settings = BlipImageProcessor(size={"height": 32, "width": 32}, image_mean=list(mean), image_std=list(std))
-    (out / "preprocessor_config.json").write_text(json.dumps({**settings.to_dict(), "processor_class": "Blip2Processor"}))
+    older = {**settings.to_dict(), "processor_class": "Blip2Processor"}
+    (out / "preprocessor_config.json").write_text(json.dumps(older))
     return out
 
 

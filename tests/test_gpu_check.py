@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from e2e import ROOT, child_env
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from tiny_models import CAPTIONS, FAMILIES, frames, load
 
 

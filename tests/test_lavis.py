@@ -11,9 +11,9 @@ import re
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_models import CAPTIONS, frames, load
 
 from ds_videocap.cli import main
-from tiny_models import CAPTIONS, frames, load
 
 LLM = {"t5": "t5_model", "opt": "opt_model", "llama": "llm_model"}
 PROJ = {"t5": "t5_proj", "opt": "opt_proj", "llama": "llm_proj"}
@@ -213,8 +213,10 @@ def test_base_in_the_older_processor_layout(tmp_path, tiny_folders):
     base = tmp_path / "base"
     shutil.copytree(tiny_folders["t5"], base)
     (base / "processor_config.json").unlink()
-    settings = BlipImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.2, 0.2])
-    (base / "preprocessor_config.json").write_text(json.dumps({**settings.to_dict(), "processor_class": "Blip2Processor"}))
+    settings = BlipImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5, 0.4, 0.3],
+                                  image_std=[0.2, 0.2, 0.2])
+    older = {**settings.to_dict(), "processor_class": "Blip2Processor"}
+    (base / "preprocessor_config.json").write_text(json.dumps(older))
     state, expected = make_checkpoint(base, "t5", llm="frozen", vit=False)
     rc, out = run_import(tmp_path, base, state, {"model": {"image_size": 48}})
     assert rc == 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from tiny_models import CAPTIONS, FAMILIES, frames, load
 
 

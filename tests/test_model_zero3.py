@@ -10,7 +10,6 @@ import textwrap
 
 import pytest
 
-
 SCRIPT = textwrap.dedent('''
     import os, sys, torch
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")

@@ -35,7 +35,8 @@ def check(recipe, ds_json, *overrides):
 
 def test_overrides_and_the_json_resolve_against_the_users_folder(user):
     cfg, ds_config = check("synth", "mine.json", "synth_dir=null", "data.train=data/train.json",
-                           "data.videos=data/videos", "output_dir=out", "ce.micro_batch=2", "scst.steps=0", "resume=auto")
+                           "data.videos=data/videos", "output_dir=out", "ce.micro_batch=2", "scst.steps=0",
+                           "resume=auto")
     assert ds_config["_source"] == str(user / "mine.json")
     assert cfg.data.train == str(user / "data" / "train.json")
     assert cfg.data.videos == str(user / "data" / "videos")
@@ -61,8 +62,8 @@ def test_a_missing_relative_path_names_the_users_folder(user):
 
 
 def test_a_moved_run_folder_finds_its_init_model(tmp_path):
-    from ds_videocap.recipe_io import load_recipe
     from ds_videocap.paths import follow_run_folder
+    from ds_videocap.recipe_io import load_recipe
 
     cfg = load_recipe("synth", ["output_dir=/old/place/run", "model.path=/old/place/run/init_model",
                                 f"data.test={tmp_path / 'cap_test.json'}"])

@@ -1,8 +1,15 @@
 import numpy as np
 import pytest
 
-from ds_videocap.video import (CLIP_MEAN, CLIP_STD, DecodeTimeout, VideoDecodeError, frames_to_tensor,
-                               read_frames, sample_indices)
+from ds_videocap.video import (
+    CLIP_MEAN,
+    CLIP_STD,
+    DecodeTimeout,
+    VideoDecodeError,
+    frames_to_tensor,
+    read_frames,
+    sample_indices,
+)
 
 MODES = ("uniform", "random_segment", "headtail")
 

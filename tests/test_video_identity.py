@@ -7,7 +7,6 @@ import pytest
 
 from ds_videocap.annotations import AnnotationError, read_annotations
 from ds_videocap.cli import main
-from tiny_models import tiny_folders, tokenizer_dir  # noqa: F401
 
 CAPTIONS = {"a/x.mp4": "a red circle", "b/x.mp4": "a blue square", "clip.avi": "a green triangle",
             "clip.webm": "a white circle"}
@@ -56,10 +55,11 @@ def test_decoded_and_scored_per_video(four_videos, tiny_folders, tmp_path):
     """Every one of the four videos gets its own caption and is scored against its own reference."""
     from dataclasses import replace
 
+    from tiny_models import load
+
     from ds_videocap.config import DataCfg, EvalCfg
     from ds_videocap.evaluate import decode_clips, decode_kwargs, plain_context, score_split
     from ds_videocap.metrics import read_results, write_results
-    from tiny_models import load
 
     videos, lavis, _ = four_videos
     clips = read_annotations(lavis, videos)

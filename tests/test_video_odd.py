@@ -8,8 +8,8 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-
 from conftest import level_of_frame, write_video
+
 from ds_videocap.video import VideoDecodeError, read_frames
 
 BACKENDS = ["decord", "pyav"]

@@ -42,8 +42,12 @@ def instructblip_video_folder(source, out, bos: bool = True):
     the same weights), saved by transformers; bos=True: its tokenizer adds bos, as Vicuna's does."""
     import shutil
 
-    from transformers import (AutoTokenizer, InstructBlipForConditionalGeneration, InstructBlipVideoConfig,
-                              InstructBlipVideoForConditionalGeneration)
+    from transformers import (
+        AutoTokenizer,
+        InstructBlipForConditionalGeneration,
+        InstructBlipVideoConfig,
+        InstructBlipVideoForConditionalGeneration,
+    )
 
     shutil.copytree(source, out)
     (out / "videocap.json").unlink(missing_ok=True)  # a plain hub-style folder: no side files

@@ -9,11 +9,11 @@ import sys
 import torch
 import torch.distributed as dist
 
-from ds_videocap.recipe_io import load_recipe
 from ds_videocap.engine import adapt_ds_config, exit_distributed, init_distributed, initialize, read_ds_config
 from ds_videocap.generation import generation_context
 from ds_videocap.optim import build_optimizer
 from ds_videocap.prepare import prepare_model
+from ds_videocap.recipe_io import load_recipe
 
 tokenizer, out, ds_json = sys.argv[1:4]
 rank, world = init_distributed()
