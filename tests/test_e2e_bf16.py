@@ -39,3 +39,6 @@ def test_one_ce_and_one_scst_step_in_bf16(tmp_path, synth, ds_json):
     assert math.isfinite(metrics[1]["reward"])
     summary = json.loads((out / "summary.json").read_text())
     assert "CIDEr" in summary["ce"]["test"] and "CIDEr" in summary["scst"]["test"]
+    assert summary["skipped_videos"] == [] and (out / "config.yaml").is_file()
+    assert list((out / "checkpoints").glob("scst-*/COMPLETE"))
+    assert list((out / "monitor").rglob("*.csv")), "DeepSpeed's CSV monitor wrote nothing"
