@@ -194,25 +194,16 @@ def write_random_folder(model_key: str, tokenizer_dir: Path, out: Path) -> Path:
     """The study configuration of MODELS[model_key] with random bf16 weights, made on the GPU and saved
     as an ordinary Hugging Face folder; the synthetic set's sentencepiece model is its tokenizer."""
     import torch
-    from transformers import (
-        Blip2ForConditionalGeneration,
-        InstructBlipForConditionalGeneration,
-        LlamaTokenizerFast,
-        T5TokenizerFast,
-    )
+    from transformers import Blip2ForConditionalGeneration, InstructBlipForConditionalGeneration
 
+    from ds_videocap.build import tiny_tokenizer
     from ds_videocap.plan import load_plan_recipe, read_hf_config
     from ds_videocap.processor import save_processor
     from ds_videocap.video import CLIP_MEAN, CLIP_STD
 
     config = read_hf_config(load_plan_recipe(MODELS[model_key]))
     family = TINY[model_key]
-    if family == "t5":
-        tok = T5TokenizerFast.from_pretrained(str(tokenizer_dir), extra_ids=0)
-    else:
-        tok = LlamaTokenizerFast.from_pretrained(str(tokenizer_dir), add_bos_token=False)
-        tok.pad_token = "<pad>"
-    tok.add_tokens(["<image>"], special_tokens=True)
+    tok = tiny_tokenizer(family, tokenizer_dir)
     text = config.text_config
     text.vocab_size = len(tok)
     text.pad_token_id, text.eos_token_id = tok.pad_token_id, tok.eos_token_id

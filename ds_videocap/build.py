@@ -47,6 +47,20 @@ def tiny_text_config(family: str, vocab: int, hidden: int, layers: int, tok) -> 
                 num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256, **ids)
 
 
+def tiny_tokenizer(family: str, tokenizer_dir: str | Path):
+    """The synthetic set's sentencepiece model as the family's tokenizer, with BLIP-2's <image> token."""
+    from transformers import LlamaTokenizerFast, T5TokenizerFast
+
+    if family == "t5":
+        tok = T5TokenizerFast.from_pretrained(str(tokenizer_dir), extra_ids=0)
+    else:
+        tok = LlamaTokenizerFast.from_pretrained(str(tokenizer_dir), add_bos_token=False)
+        tok.pad_token = "<pad>"
+    # transformers 5 BLIP-2 marks the query positions with an <image> token (as the hub folders do).
+    tok.add_tokens(["<image>"], special_tokens=True)
+    return tok
+
+
 def build_tiny_folder(family: str, tokenizer_dir: str | Path, out_dir: str | Path, image_size: int = 32,
                       patch_size: int = 8, vision_hidden: int = 96, vision_layers: int = 2,
                       qformer_hidden: int = 96, qformer_layers: int = 2, num_query_tokens: int = 16,
@@ -59,20 +73,13 @@ def build_tiny_folder(family: str, tokenizer_dir: str | Path, out_dir: str | Pat
         InstructBlipConfig,
         InstructBlipForConditionalGeneration,
         LlamaTokenizerFast,
-        T5TokenizerFast,
     )
 
     if family not in DEFAULT_PROMPTS:
         raise UserError(f"tiny model family must be one of {list(DEFAULT_PROMPTS)}, got {family!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if family == "t5":
-        tok = T5TokenizerFast.from_pretrained(str(tokenizer_dir), extra_ids=0)
-    else:
-        tok = LlamaTokenizerFast.from_pretrained(str(tokenizer_dir), add_bos_token=False)
-        tok.pad_token = "<pad>"
-    # transformers 5 BLIP-2 marks the query positions with an <image> token (as the hub folders do).
-    tok.add_tokens(["<image>"], special_tokens=True)
+    tok = tiny_tokenizer(family, tokenizer_dir)
     vocab = len(tok)
     vision = dict(hidden_size=vision_hidden, intermediate_size=vision_hidden * 4, num_hidden_layers=vision_layers,
                   num_attention_heads=4, image_size=image_size, patch_size=patch_size,
