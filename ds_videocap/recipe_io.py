@@ -37,14 +37,15 @@ def _merge(obj: Any, values: dict, where: str, source: str) -> None:
 
 def _coerce(value: Any, current: Any, f: dataclasses.Field, dotted: str, source: str) -> Any:
     """Check a value against the field's declared type; YAML gives ints where floats are meant."""
-    kind = str(f.type)
+    # The annotation as written (config.py has `from __future__ import annotations`): "int", "str | None".
+    kinds = [k.strip() for k in str(f.type).split("|")]
     if value is None:
-        if "Optional" in kind:
+        if "None" in kinds:
             return None
         raise ConfigError(f"{source}: field '{dotted}' may not be empty")
     expect = {"int": int, "float": float, "bool": bool, "str": str, "list": list}
     for name, typ in expect.items():
-        if kind in (name, f"Optional[{name}]"):
+        if [k for k in kinds if k != "None"] == [name]:
             if typ is float and isinstance(value, int) and not isinstance(value, bool):
                 return float(value)
             if typ is float and isinstance(value, str):  # YAML 1.1 reads "2e-4" as a string

@@ -61,9 +61,11 @@ def test_a_missing_relative_path_names_the_users_folder(user):
         check("synth", "mine.json", "synth_dir=null", "data.train=nope.json", "data.videos=data/videos")
 
 
-def test_a_moved_run_folder_finds_its_init_model(tmp_path):
+def test_a_moved_run_folder_finds_its_init_model(tmp_path, monkeypatch):
     from ds_videocap.paths import follow_run_folder
     from ds_videocap.recipe_io import load_recipe
+
+    monkeypatch.chdir(tmp_path)  # the old relative paths must not exist where the test runs
 
     cfg = load_recipe("synth", ["output_dir=/old/place/run", "model.path=/old/place/run/init_model",
                                 f"data.test={tmp_path / 'cap_test.json'}"])
