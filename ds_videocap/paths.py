@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .config import RECIPES_DIR
+
 CWD_ENV = "DS_VIDEOCAP_CWD"
 # Recipe fields holding a path (data.sources entries are handled apart: a list of mappings).
 PATH_FIELDS = ("output_dir", "resume", "init_from", "synth_dir", "data.videos", "data.train", "data.val",
@@ -58,8 +60,6 @@ def _set(cfg, dotted: str, value) -> None:
 def shipped_values(recipe: str) -> dict:
     """{field: value} of the path fields a shipped recipe sets itself ({} for the user's own file)."""
     import yaml
-
-    from .config import RECIPES_DIR
 
     path = RECIPES_DIR / f"{recipe}.yaml"
     if Path(recipe).is_file() or not path.is_file():

@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import UserError
 from .synth_captions import COLORS, MOTIONS, SHAPES, attribute_accuracy, write_captions
+from .tokenizer import train_caption_tokenizer
 
 __all__ = ["make_synthetic_set", "synth_command", "attribute_accuracy", "render_clip"]
 
@@ -170,8 +171,6 @@ def _write_annotations(clips: list[dict], sizes: dict[str, int], out: Path) -> l
 def make_synthetic_set(out_dir: str | Path, videos: int | None = None, seed: int = 0,
                        workers: int = 2) -> Path:
     """Write the synthetic set under `out_dir` (skipped when READY records the same videos and seed)."""
-    from .tokenizer import train_caption_tokenizer
-
     out = Path(out_dir)
     sizes = split_sizes(videos)
     stamp = _stamp(videos, seed)
