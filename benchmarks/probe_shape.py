@@ -42,7 +42,8 @@ def shape_frames(synth: Path):
     return to_pixels(middle)[:, 0], labels
 
 
-def build_net(kind: str, patch_size: int, size: int) -> nn.Module:
+def build_net(kind: str, patch_size: int, size: int, pos_std: float | None = None, hidden: int = 96,
+              layers: int = 2) -> nn.Module:
     if kind == "cnn":
         return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                              nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -51,18 +52,18 @@ def build_net(kind: str, patch_size: int, size: int) -> nn.Module:
 
     from ds_videocap.build import TINY_INIT_STD
 
-    vit = Blip2VisionModel(Blip2VisionConfig(hidden_size=96, intermediate_size=384, num_hidden_layers=2,
+    vit = Blip2VisionModel(Blip2VisionConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
                                              num_attention_heads=4, image_size=size, patch_size=patch_size,
                                              initializer_range=0.02))
     with torch.no_grad():  # as build_tiny_folder initialises the tiny ViT
-        vit.embeddings.position_embedding.normal_(0.0, TINY_INIT_STD)
+        vit.embeddings.position_embedding.normal_(0.0, TINY_INIT_STD if pos_std is None else pos_std)
         weight = vit.embeddings.patch_embedding.weight
         weight.normal_(0.0, weight[0].numel() ** -0.5)
 
     class ViTProbe(nn.Module):
         def __init__(self):
             super().__init__()
-            self.vit, self.head = vit, nn.Linear(96, len(SHAPES))
+            self.vit, self.head = vit, nn.Linear(hidden, len(SHAPES))
 
         def forward(self, pixels):
             return self.head(self.vit(pixel_values=pixels).last_hidden_state.mean(1))
@@ -145,6 +146,10 @@ def main() -> int:
     parser.add_argument("--patch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--pos-std", type=float, default=None, help="ViT position embedding std (default the recipe's)")
+    parser.add_argument("--hidden", type=int, default=96)
+    parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--captioner", default=None, help="a tune_tiny.py --save state dict: where is shape lost?")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
@@ -153,8 +158,8 @@ def main() -> int:
         return 0
     pixels, labels = shape_frames(args.synth)
     split = int(0.85 * len(labels))
-    net = build_net(args.net, args.patch_size, pixels.shape[-1])
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    net = build_net(args.net, args.patch_size, pixels.shape[-1], args.pos_std, args.hidden, args.layers)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr)
     for step in range(1, args.steps + 1):
         batch = torch.randint(0, split, (64,))
         loss = nn.functional.cross_entropy(net(pixels[batch]), labels[batch])

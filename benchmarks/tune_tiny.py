@@ -35,7 +35,9 @@ from ds_videocap.video import CLIP_MEAN, CLIP_STD, read_frames, sample_indices  
 
 def load_split(synth: Path, split: str):
     clips = read_annotations(synth / "annotations" / f"cap_{split}.json", synth / "videos")
-    cache = Path(tempfile.gettempdir()) / f"tune_tiny_{split}_{len(clips)}.npy"
+    # keyed to the set's READY stamp (videos, seed): a regenerated set must not reuse another set's frames
+    stamp = json.loads((synth / "READY").read_text())
+    cache = Path(tempfile.gettempdir()) / f"tune_tiny_{split}_{len(clips)}_seed{stamp['seed']}_{stamp['videos']}.npy"
     if cache.is_file():
         frames = np.load(cache)
     else:

@@ -6,4 +6,4 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
 ruff check .
-exec python -m pytest -q -p no:cacheprovider --timeout 900 "$@"
+exec python -m pytest -q -p no:cacheprovider --timeout 900 --durations=25 "$@"

@@ -48,3 +48,25 @@ def make_video(tmp_path):
 def frame_level():
     """frame_level(i) -> the grey level of frame i in a make_video video."""
     return level_of_frame
+
+
+# ----- runs shared between end-to-end modules (each launcher run costs ~30 s of fixed start-up) -----
+@pytest.fixture(scope="session")
+def synth40(tmp_path_factory):
+    """The 40-clip synthetic set with the recipe's seed (train.sh finds it complete)."""
+    from ds_videocap.synth import make_synthetic_set
+
+    folder = tmp_path_factory.mktemp("synth40")
+    make_synthetic_set(folder, videos=40, seed=42)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def zero3_offload_run(tmp_path_factory, synth40):
+    """One node x two ranks under zero3_offload.json (ZERO3_OFFLOAD_STEPS): checked as a training run by
+    test_e2e_train.py and used as the reference that two nodes x one rank must equal (test_e2e_multinode.py)."""
+    from e2e import ZERO3_OFFLOAD_STEPS, run_train
+
+    out = tmp_path_factory.mktemp("zero3_offload") / "run"
+    run_train(out, synth40, "zero3_offload.json", *ZERO3_OFFLOAD_STEPS, timeout=600)
+    return out

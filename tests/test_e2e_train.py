@@ -2,50 +2,63 @@
 import json
 
 import pytest
-from e2e import ROOT, losses_by_step, read_metrics, run_train
+from e2e import ROOT, ZERO3_OFFLOAD_STEPS, losses_by_step, read_metrics, run_train
 
 pytestmark = pytest.mark.slow
-# zero2.json and zero3.json run in tests/test_e2e_bf16.py (CE and SCST in bf16, with the same checks).
-CONFIGS = sorted(p.name for p in (ROOT / "ds_configs").glob("*.json") if p.name not in ("zero2.json", "zero3.json"))
+# zero2.json and zero3.json run in tests/test_e2e_bf16.py (CE and SCST in bf16, with the same checks);
+# zero3_offload.json in the shared run below (CE then SCST), which test_e2e_multinode.py reuses.
+CONFIGS = sorted(p.name for p in (ROOT / "ds_configs").glob("*.json")
+                 if p.name not in ("zero2.json", "zero3.json", "zero3_offload.json"))
 
 
 @pytest.fixture(scope="session")
-def synth(tmp_path_factory):
-    from ds_videocap.synth import make_synthetic_set
+def synth(synth40):
+    return synth40
 
-    folder = tmp_path_factory.mktemp("synth")
-    make_synthetic_set(folder, videos=40, seed=42)  # the recipe's seed: train.sh finds it complete
-    return folder
+
+def check_training_run(out, ce_steps: int) -> None:
+    """What every JSON's run must leave: finite losses, test scores, config, a checkpoint, the monitor."""
+    losses = losses_by_step(out, "ce")
+    assert sorted(losses) == list(range(1, ce_steps + 1))
+    assert all(v == v and v > 0 for v in losses.values())  # finite, positive
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"Bleu_4", "METEOR", "ROUGE_L", "CIDEr"} <= set(summary["ce"]["test"])
+    assert summary["skipped_videos"] == []
+    assert (out / "config.yaml").is_file()
+    assert list((out / "checkpoints").glob("*-*/COMPLETE"))  # the last phase's (keep_last prunes CE's)
+    assert list((out / "monitor").rglob("*.csv")), "DeepSpeed's CSV monitor wrote nothing"
 
 
 @pytest.mark.parametrize("ds_json", CONFIGS)
 def test_a_few_ce_steps_under_every_json(tmp_path, synth, ds_json):
     out = tmp_path / "run"
     run_train(out, synth, ds_json, "ce.steps=3", "scst.steps=0")
-    losses = losses_by_step(out, "ce")
-    assert sorted(losses) == [1, 2, 3]
-    assert all(v == v and v > 0 for v in losses.values())  # finite, positive
+    check_training_run(out, 3)
+
+
+def check_scst(out) -> None:
+    scst = [m for m in read_metrics(out) if m.get("phase") == "scst" and "reward" in m]
+    assert [m["step"] for m in scst] == [1, 2]
+    for m in scst:
+        assert {"reward", "baseline", "advantage_std", "sample_len", "entropy", "lr"} <= set(m)
+        assert m["loss"] == m["loss"]
     summary = json.loads((out / "summary.json").read_text())
-    assert {"Bleu_4", "METEOR", "ROUGE_L", "CIDEr"} <= set(summary["ce"]["test"])
-    assert summary["skipped_videos"] == []
-    assert (out / "config.yaml").is_file()
-    assert list((out / "checkpoints").glob("ce-*/COMPLETE"))
-    assert list((out / "monitor").rglob("*.csv")), "DeepSpeed's CSV monitor wrote nothing"
+    assert "CIDEr" in summary["scst"]["test"]
 
 
-def test_scst_two_ranks_zero3_offload_gathered_and_synced(tmp_path, synth):
-    """Sampled captions differ in length across ranks; neither generation path may hang."""
-    for gather in ("true", "false"):
-        out = tmp_path / f"run_{gather}"
-        run_train(out, synth, "zero3_offload.json", "ce.steps=2", "scst.steps=2",
-                  f"scst.gather_for_generation={gather}", "scst.max_new_tokens=12", timeout=600)
-        scst = [m for m in read_metrics(out) if m.get("phase") == "scst" and "reward" in m]
-        assert [m["step"] for m in scst] == [1, 2]
-        for m in scst:
-            assert {"reward", "baseline", "advantage_std", "sample_len", "entropy", "lr"} <= set(m)
-            assert m["loss"] == m["loss"]
-        summary = json.loads((out / "summary.json").read_text())
-        assert "CIDEr" in summary["scst"]["test"]
+def test_zero3_offload_ce_then_scst_with_gathered_generation(zero3_offload_run):
+    """zero3_offload.json's run (shared with test_e2e_multinode.py): CE as under every JSON, then SCST."""
+    check_training_run(zero3_offload_run, 2)
+    check_scst(zero3_offload_run)
+
+
+def test_scst_two_ranks_zero3_offload_synced_generation(tmp_path, synth):
+    """Sampled captions differ in length across ranks; per-layer synced generation may not hang (the
+    gathered path runs in the shared zero3_offload run above)."""
+    out = tmp_path / "run_synced"
+    overrides = [o for o in ZERO3_OFFLOAD_STEPS if not o.startswith("scst.gather_for_generation")]
+    run_train(out, synth, "zero3_offload.json", *overrides, "scst.gather_for_generation=false", timeout=600)
+    check_scst(out)
 
 
 def test_two_training_sets_mixed_by_ratio(tmp_path, synth):
