@@ -58,7 +58,8 @@ def decode_clips(model_context, clips, data_cfg, gen_kwargs: dict, batch_size: i
     bar = tqdm(total=len(clips), desc="captioning", unit="video", file=sys.stderr,
                disable=not progress or rank != 0, dynamic_ncols=True)  # rank 0 counts for all ranks
     with model_context as (model, synced), bar:
-        device, dtype = device or vit_device(model)[0], dtype or vit_device(model)[1]
+        own_device, own_dtype = vit_device(model)
+        device, dtype = device or own_device, dtype or own_dtype
         batches = iter(loader)
         for i in range(n_batches):
             bar.update(min(batch_size * world, bar.total - bar.n) if i else 0)  # the batches done so far

@@ -49,12 +49,13 @@ def train_command(args) -> int:
     first = getattr(cfg, phases[0])
     engine = initialize(model, build_optimizer(model, ds_config, first.lr, first.weight_decay, first.betas),
                         ds_config)
-    say(f"[engine] ZeRO stage {engine.zero_optimization_stage()}, {compute_dtype(ds_config)}, {world} ranks, "
+    dtype = compute_dtype(ds_config)
+    say(f"[engine] ZeRO stage {engine.zero_optimization_stage()}, {dtype}, {world} ranks, "
         f"device {engine.device}")
     folder = RunFolder(cfg.output_dir, rank, engine)
-    evaluator = RunEvaluator(cfg, engine, clips, engine.device, compute_dtype(ds_config), rank)
+    evaluator = RunEvaluator(cfg, engine, clips, engine.device, dtype, rank)
     sources = SourceCounter([s.name for s in clips["sources"][0]], clips["sources"][1]) if clips["sources"] else None
-    ctx = StepContext(engine=engine, rank=rank, world=world, device=engine.device, dtype=compute_dtype(ds_config),
+    ctx = StepContext(engine=engine, rank=rank, world=world, device=engine.device, dtype=dtype,
                       frame_shape=(cfg.data.frames, cfg.data.image_size),
                       skips=SkipTracker(cfg.data.max_skipped_fraction), log=folder.log,
                       max_nonfinite=cfg.max_nonfinite_steps, ce=cfg.ce, scst=cfg.scst, reward=reward,
