@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .config import TINY_SIZES
 from .engine import compute_dtype, zero_stage
 from .errors import UserError
 from .export import EXTRA_JSON, read_extras
@@ -61,37 +62,53 @@ def tiny_tokenizer(family: str, tokenizer_dir: str | Path):
     return tok
 
 
-def build_tiny_folder(family: str, tokenizer_dir: str | Path, out_dir: str | Path, image_size: int = 32,
-                      patch_size: int = 8, vision_hidden: int = 96, vision_layers: int = 2,
-                      qformer_hidden: int = 96, qformer_layers: int = 2, num_query_tokens: int = 16,
-                      llm_hidden: int = 96, llm_layers: int = 2, seed: int = 0) -> Path:
-    """Write a from-scratch tiny BLIP-2 (opt, t5) or InstructBLIP (llama) as a Hugging Face folder."""
-    import torch
+def tiny_config(family: str, vocab: int, tok, image_size: int, sizes: dict | None = None,
+                image_token_index: int | None = None):
+    """-> (config, model class) of the tiny from-scratch model: config.TINY_SIZES, less what `sizes` changes."""
     from transformers import (
         Blip2Config,
         Blip2ForConditionalGeneration,
         InstructBlipConfig,
         InstructBlipForConditionalGeneration,
-        LlamaTokenizerFast,
     )
+
+    unknown = set(sizes or {}) - set(TINY_SIZES)
+    if unknown:
+        raise UserError(f"tiny model sizes {sorted(unknown)} unknown; the sizes are {list(TINY_SIZES)}")
+    s = {**TINY_SIZES, **(sizes or {})}
+    if image_size % s["patch_size"]:
+        raise UserError(f"tiny model: patch_size {s['patch_size']} does not divide the frame size {image_size}")
+    vision = dict(hidden_size=s["vision_hidden"], intermediate_size=s["vision_hidden"] * 4,
+                  num_hidden_layers=s["vision_layers"], num_attention_heads=4, image_size=image_size,
+                  patch_size=s["patch_size"],
+                  initializer_range=0.02)  # the BLIP-2 default, 1e-10, leaves a from-scratch ViT blind
+    qformer = dict(hidden_size=s["qformer_hidden"], num_hidden_layers=s["qformer_layers"], num_attention_heads=4,
+                   intermediate_size=s["qformer_hidden"] * 4, encoder_hidden_size=s["vision_hidden"],
+                   cross_attention_frequency=1, vocab_size=vocab, pad_token_id=tok.pad_token_id)
+    text = tiny_text_config(family, vocab, s["llm_hidden"], s["llm_layers"], tok)
+    config_cls, model_cls = ((InstructBlipConfig, InstructBlipForConditionalGeneration) if family == "llama"
+                             else (Blip2Config, Blip2ForConditionalGeneration))
+    extra = {} if image_token_index is None else {"image_token_index": image_token_index}
+    config = config_cls(vision_config=vision, qformer_config=qformer, text_config=text,
+                        num_query_tokens=s["num_query_tokens"], **extra)
+    return config, model_cls
+
+
+def build_tiny_folder(family: str, tokenizer_dir: str | Path, out_dir: str | Path, image_size: int = 32,
+                      seed: int = 0, **sizes) -> Path:
+    """Write a from-scratch tiny BLIP-2 (opt, t5) or InstructBLIP (llama) as a Hugging Face folder;
+    `sizes` change config.TINY_SIZES (patch_size=4, vision_hidden=64, ...)."""
+    import torch
+    from transformers import LlamaTokenizerFast
 
     if family not in DEFAULT_PROMPTS:
         raise UserError(f"tiny model family must be one of {list(DEFAULT_PROMPTS)}, got {family!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = tiny_tokenizer(family, tokenizer_dir)
-    vocab = len(tok)
-    vision = dict(hidden_size=vision_hidden, intermediate_size=vision_hidden * 4, num_hidden_layers=vision_layers,
-                  num_attention_heads=4, image_size=image_size, patch_size=patch_size,
-                  initializer_range=0.02)  # the BLIP-2 default, 1e-10, leaves a from-scratch ViT blind
-    qformer = dict(hidden_size=qformer_hidden, num_hidden_layers=qformer_layers, num_attention_heads=4,
-                   intermediate_size=qformer_hidden * 4, encoder_hidden_size=vision_hidden,
-                   cross_attention_frequency=1, vocab_size=vocab, pad_token_id=tok.pad_token_id)
-    text = tiny_text_config(family, vocab, llm_hidden, llm_layers, tok)
-    config_cls, model_cls = ((InstructBlipConfig, InstructBlipForConditionalGeneration) if family == "llama"
-                             else (Blip2Config, Blip2ForConditionalGeneration))
-    config = config_cls(vision_config=vision, qformer_config=qformer, text_config=text,
-                        num_query_tokens=num_query_tokens, image_token_index=tok.convert_tokens_to_ids("<image>"))
+    config, model_cls = tiny_config(family, len(tok), tok, image_size, sizes,
+                                    image_token_index=tok.convert_tokens_to_ids("<image>"))
+    num_query_tokens = config.num_query_tokens
     torch.manual_seed(seed)
     model = model_cls(config)
     with torch.no_grad():

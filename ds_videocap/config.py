@@ -12,6 +12,9 @@ from pathlib import Path
 
 from .errors import UserError
 
+# The tiny from-scratch model's sizes (build_tiny_folder, plan); a recipe changes them in model.tiny_sizes.
+TINY_SIZES = {"patch_size": 8, "vision_hidden": 96, "vision_layers": 2, "qformer_hidden": 96, "qformer_layers": 2,
+              "num_query_tokens": 16, "llm_hidden": 96, "llm_layers": 2}
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
 
@@ -68,6 +71,8 @@ class ModelCfg:
     """opt | t5 | llama: a tiny model built in code (used when `path` is empty)."""
     tokenizer: str | None = None
     """Tokenizer folder for tiny models (default: the synthetic set's tokenizer/)."""
+    tiny_sizes: dict = field(default_factory=dict)
+    """Sizes of the tiny model that differ from config.TINY_SIZES, e.g. {patch_size: 4, vision_hidden: 64}."""
     fusion: str | None = None
     """concat: all frames in one Q-Former pass (the study); per_frame: one pass per frame (InstructBLIP-Video).
     None: the folder's (videocap.json), else per_frame for InstructBLIP-Video folders and concat otherwise."""
@@ -228,6 +233,11 @@ def validate(cfg: RecipeCfg) -> None:
             fail(dotted, f"must be one of {list(options)}, got {flat[section][key]!r}")
     if cfg.model.path is None and cfg.model.tiny is None:
         fail("model.path", "or 'model.tiny' must be set (a Hugging Face folder, or opt|t5|llama)")
+    sizes = cfg.model.tiny_sizes
+    for key, value in (sizes.items() if isinstance(sizes, dict) else [("", sizes)]):
+        if key not in TINY_SIZES or isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            fail(f"model.tiny_sizes{'.' if key else ''}{key}",
+                 f"takes the sizes {list(TINY_SIZES)}, each a positive integer; got {value!r}")
     if cfg.data.frames < 1:
         fail("data.frames", f"must be >= 1, got {cfg.data.frames}")
     if cfg.data.image_size < 8:

@@ -12,7 +12,7 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-from .build import DEFAULT_PROMPTS, read_family, tiny_text_config
+from .build import DEFAULT_PROMPTS, read_family, tiny_config
 from .engine import read_ds_config
 from .errors import UserError
 from .model import MAX_FRAMES
@@ -66,7 +66,7 @@ def read_hf_config(cfg):
             raise UserError(f"model.path {folder}: no config.json there (the planner reads only that file)")
         return AutoConfig.from_pretrained(folder, local_files_only=True)
     if cfg.model.tiny:
-        return build_tiny_config(cfg.model.tiny, cfg.data.image_size)
+        return build_tiny_config(cfg.model.tiny, cfg.data.image_size, cfg.model.tiny_sizes)
     key = next((k for k in STUDY_MODELS if k in cfg.name.replace("-", "").lower()), None)
     if key is None:
         raise UserError(f"recipe '{cfg.name}': set model.path=FOLDER (its config.json is read) or model.tiny; "
@@ -77,21 +77,12 @@ def read_hf_config(cfg):
     return cls(vision_config=EVA_VIT_G, qformer_config=qformer, text_config=text, num_query_tokens=32)
 
 
-def build_tiny_config(family: str, image_size: int):
+def build_tiny_config(family: str, image_size: int, sizes: dict | None = None):
     """The configuration build_tiny_folder writes, with an assumed vocabulary size."""
     from types import SimpleNamespace
 
-    from transformers import Blip2Config, InstructBlipConfig
-
     tok = SimpleNamespace(pad_token_id=0, eos_token_id=1, bos_token_id=2)
-    h = 96
-    vision = dict(hidden_size=h, intermediate_size=4 * h, num_hidden_layers=2, num_attention_heads=4,
-                  image_size=image_size, patch_size=8)
-    qformer = dict(hidden_size=h, num_hidden_layers=2, num_attention_heads=4, intermediate_size=4 * h,
-                   encoder_hidden_size=h, cross_attention_frequency=1, vocab_size=TINY_VOCAB, pad_token_id=0)
-    text = tiny_text_config(family, TINY_VOCAB, h, 2, tok)
-    cls = InstructBlipConfig if family == "llama" else Blip2Config
-    return cls(vision_config=vision, qformer_config=qformer, text_config=text, num_query_tokens=16)
+    return tiny_config(family, TINY_VOCAB, tok, image_size, sizes)[0]
 
 
 # ----- meta model -> ModelSpec -------------------------------------------------------------------

@@ -31,6 +31,8 @@ def _merge(obj: Any, values: dict, where: str, source: str) -> None:
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: field '{dotted}' must be a mapping, got {value!r}")
             _merge(current, value, dotted + ".", source)
+        elif isinstance(current, dict) and isinstance(value, dict):  # a mapping field: keys merge, as sections do
+            setattr(obj, key, {**current, **value})
         else:
             setattr(obj, key, _coerce(value, current, names[key], dotted, source))
 

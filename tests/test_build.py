@@ -157,3 +157,27 @@ def test_export_round_trip_keeps_fusion_frame_embedding_and_adapter(tiny_folders
         again = load(tmp_path / "adapter", llm=llm).eval()
         assert again.fusion == "per_frame" and again.frame_embedding is not None
         assert again.decode(again.generate(pixels, max_new_tokens=6, num_beams=2)) == ours
+
+
+def test_tiny_sizes_reach_the_folder_and_the_planner(tokenizer_dir, tmp_path):
+    import json
+
+    from ds_videocap.build import build_tiny_folder
+    from ds_videocap.plan import build_tiny_config
+
+    sizes = {"patch_size": 4, "vision_hidden": 64, "num_query_tokens": 8, "llm_layers": 1}
+    folder = build_tiny_folder("opt", tokenizer_dir, tmp_path / "opt", **sizes)
+    config = json.loads((folder / "config.json").read_text())
+    vision, qformer = config["vision_config"], config["qformer_config"]
+    assert (vision["patch_size"], vision["hidden_size"], vision["intermediate_size"]) == (4, 64, 256)
+    assert qformer["encoder_hidden_size"] == 64 and config["num_query_tokens"] == 8
+    assert config["text_config"]["num_hidden_layers"] == 1
+    model = load(folder, frame_embedding=True, vit="full", llm="full")
+    assert model.encode_visual(frames(batch=2, t=3)).shape[:2] == (2, 8)  # concat: Q tokens whatever T
+    planned = build_tiny_config("opt", 32, sizes)  # what `plan` estimates from
+    assert (planned.vision_config.patch_size, planned.vision_config.hidden_size) == (4, 64)
+    assert planned.num_query_tokens == 8 and planned.qformer_config.encoder_hidden_size == 64
+    with pytest.raises(UserError, match="patch_size 5 does not divide"):
+        build_tiny_folder("opt", tokenizer_dir, tmp_path / "bad", patch_size=5)
+    with pytest.raises(UserError, match="unknown"):
+        build_tiny_folder("opt", tokenizer_dir, tmp_path / "bad", patch=4)

@@ -25,6 +25,10 @@ def test_overrides_apply_and_coerce():
     ("scst.top_p=0", ["scst.top_p"]),
     ("model.quant=8bit", ["model.quant", "lora"]),  # synth trains the LLM fully
     ("noequals", ["key=value"]),
+    ("model.tiny_sizes.patch=4", ["model.tiny_sizes.patch", "patch_size"]),
+    ("model.tiny_sizes.patch_size=0", ["model.tiny_sizes.patch_size", "positive integer"]),
+    ("model.tiny_sizes.llm_layers=true", ["model.tiny_sizes.llm_layers", "positive integer"]),
+    ("model.tiny_sizes=4", ["model.tiny_sizes", "positive integer"]),
 ])
 def test_bad_overrides_name_the_field(override, words):
     if not words:
@@ -34,6 +38,14 @@ def test_bad_overrides_name_the_field(override, words):
         load_recipe("synth", [override])
     for word in words:
         assert word in str(err.value)
+
+
+def test_tiny_sizes_merge_key_by_key(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {tiny: opt, tiny_sizes: {patch_size: 4, vision_hidden: 64}}\n")
+    cfg = load_recipe(str(recipe), ["model.tiny_sizes.llm_layers=3", "model.path=/models/x"])
+    assert cfg.model.tiny_sizes == {"patch_size": 4, "vision_hidden": 64, "llm_layers": 3}
+    assert isinstance(load_recipe("synth").model.tiny_sizes, dict)
 
 
 def test_cross_field_rules():
