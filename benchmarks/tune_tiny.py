@@ -179,7 +179,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--llm-lr-mult", type=float, default=1.0, help="the LLM's learning rate over the others' in CE")
     p.add_argument("--itc-weight", type=float, default=0.0, help="contrastive term in CE (ds_videocap/align.py)")
     p.add_argument("--itc-temperature", type=float, default=0.1)
-    p.add_argument("--itc-pool", default="mean", help="mean | max (BLIP-2's ITC: the best visual token)")
     p.add_argument("--scst-steps", type=int, default=0)
     p.add_argument("--scst-lr", type=float, default=2e-5)
     p.add_argument("--scst-min-lr", type=float, default=None, help="default scst-lr / 10")
@@ -226,8 +225,7 @@ def main():
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, args.warmup, args.lr, args.min_lr) * g["lr_mult"]
             inputs = model.encode_text(caps)
-            loss = model(pixel_values=px, **inputs, itc_weight=args.itc_weight, itc_temperature=args.itc_temperature,
-                         itc_pool=args.itc_pool)
+            loss = model(pixel_values=px, **inputs, itc_weight=args.itc_weight, itc_temperature=args.itc_temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -16,22 +16,16 @@ import torch.nn.functional as F
 
 
 def contrastive_loss(visual: torch.Tensor, text_embeds: torch.Tensor, text_mask: torch.Tensor,
-                     temperature: float, pool: str = "mean") -> torch.Tensor:
+                     temperature: float) -> torch.Tensor:
     """Symmetric InfoNCE over a batch: video i should pick caption i among the batch's captions.
 
     visual (B, N, D) visual tokens; text_embeds (B, L, D) caption token embeddings; text_mask (B, L)
     1 for caption tokens. Captions of other videos are the negatives (a repeated caption is a false
     negative, as in BLIP-2's ITC; with varied captions they are few).
-    pool: "mean" compares the mean visual token with the caption; "max" is BLIP-2's ITC, which scores
-    each visual token against the caption and keeps the best, so that one query may carry what the
-    others do not (shape, say) and still decide the match.
     """
+    v = F.normalize(visual.float().mean(1), dim=-1)
     m = text_mask.to(text_embeds.dtype).unsqueeze(-1)
     t = F.normalize(((text_embeds * m).sum(1) / m.sum(1).clamp(min=1)).float(), dim=-1)
-    if pool == "max":
-        per_token = torch.einsum("bnd,cd->bnc", F.normalize(visual.float(), dim=-1), t)
-        logits = per_token.max(1).values / temperature
-    else:
-        logits = F.normalize(visual.float().mean(1), dim=-1) @ t.T / temperature
-    target = torch.arange(visual.shape[0], device=visual.device)
+    logits = v @ t.T / temperature
+    target = torch.arange(v.shape[0], device=v.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))

@@ -167,8 +167,7 @@ class VideoCaptioner(nn.Module):
         return out.logits[:, embeds.shape[1] - 1 - int(bos_too): -1]
 
     def forward(self, pixel_values, input_ids=None, attention_mask=None, labels=None, sequences=None,
-                generate_kwargs: dict | None = None, itc_weight: float = 0.0, itc_temperature: float = 0.1,
-                itc_pool: str = "mean"):
+                generate_kwargs: dict | None = None, itc_weight: float = 0.0, itc_temperature: float = 0.1):
         """Mean cross-entropy over caption tokens (labels -100 ignored): a scalar; plus itc_weight x the
         video-text contrastive loss over the batch (align.py) when itc_weight > 0.
 
@@ -192,7 +191,7 @@ class VideoCaptioner(nn.Module):
         loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
         if itc_weight and visual.shape[0] > 1:  # the CE phase's auxiliary term (align.py), off by default
             text = self.language_model.get_input_embeddings()(input_ids.to(visual.device))
-            loss = loss + itc_weight * contrastive_loss(visual, text, caption_mask, itc_temperature, itc_pool)
+            loss = loss + itc_weight * contrastive_loss(visual, text, caption_mask, itc_temperature)
         return loss
 
     def sequence_logprobs(self, pixel_values, sequences) -> tuple[torch.Tensor, torch.Tensor]:

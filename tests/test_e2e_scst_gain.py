@@ -24,11 +24,11 @@ def test_scst_keeps_the_attributes_ce_learned(tmp_path_factory):
               "eval.num_beams=3", "eval.batch_size=64", timeout=900)
     summary = json.loads((out / "summary.json").read_text())
     ce, scst = summary["ce"]["test"], summary["scst"]["test"]
-    # Measured here (2026-12-01): CE colour / shape / motion / all 0.821 / 0.274 / 0.500 / 0.131, CIDEr 1.209;
-    # SCST 0.821 / 0.286 / 0.560 / 0.179, CIDEr 1.166 (beam 3, 84 clips: in 40 steps at the recipe's
-    # lr 3e-5 test CIDEr does not rise; the full main job's does, README "Results").
+    # Measured here (2026-12-01, the recipe's SCST: raw advantages, ce_weight 4): CE colour / shape / motion /
+    # all 0.821 / 0.274 / 0.500 / 0.131, CIDEr 1.209; SCST 0.869 / 0.262 / 0.512 / 0.143, CIDEr 1.214, sampled
+    # reward 0.503 -> 0.524 (beam 3, 84 clips; the full main job's figures are in the README, "Results").
     assert ce["color_acc"] >= COLOR_MIN and ce["motion_acc"] >= MOTION_MIN, ce
     for key in ("color_acc", "shape_acc", "motion_acc", "all_acc"):
         assert scst[key] >= ce[key] - SCST_SLACK, (key, ce[key], scst[key])
     rewards = [m["reward"] for m in read_metrics(out) if m.get("phase") == "scst" and "reward" in m]
-    assert len(rewards) == 4 and rewards[-1] > rewards[0]  # measured 0.507 -> 0.542
+    assert len(rewards) == 4 and rewards[-1] > rewards[0]  # measured 0.503 -> 0.524
