@@ -58,8 +58,9 @@ def decode_clips(model_context, clips, data_cfg, gen_kwargs: dict, batch_size: i
     bar = tqdm(total=len(clips), desc="captioning", unit="video", file=sys.stderr,
                disable=not progress or rank != 0, dynamic_ncols=True)  # rank 0 counts for all ranks
     with model_context as (model, synced), bar:
-        own_device, own_dtype = vit_device(model)
-        device, dtype = device or own_device, dtype or own_dtype
+        if device is None or dtype is None:  # asked only then: the synced-generation wrapper has no ViT to ask
+            own_device, own_dtype = vit_device(model)
+            device, dtype = device or own_device, dtype or own_dtype
         batches = iter(loader)
         for i in range(n_batches):
             bar.update(min(batch_size * world, bar.total - bar.n) if i else 0)  # the batches done so far
