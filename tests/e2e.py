@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +24,17 @@ def train_command(out: Path, synth: Path, ds_json: str, *overrides: str, recipe:
 
 def run_train(out: Path, synth: Path, ds_json: str, *overrides: str, recipe: str = "synth",
               timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run(train_command(out, synth, ds_json, *overrides, recipe=recipe), cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, env={**child_env(), **(env or {})})
+    command = train_command(out, synth, ds_json, *overrides, recipe=recipe)
+    # Its own process group: on a timeout the launcher's ranks die with it instead of living on as orphans.
+    child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**child_env(), **(env or {})}, start_new_session=True)
+    try:
+        stdout, stderr = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        stdout, stderr = child.communicate()
+        raise AssertionError(f"train timed out after {timeout} s:\n{stdout[-3000:]}\n{stderr[-6000:]}") from None
+    proc = subprocess.CompletedProcess(command, child.returncode, stdout, stderr)
     assert proc.returncode == 0, f"train failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc
 
