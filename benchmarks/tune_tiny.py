@@ -9,7 +9,9 @@ matrices, gradient clipping 1.0, as the launcher's DeepSpeed configs do) under e
 evaluates greedy captions on the val split: CE loss, CIDEr (pycocoevalcap) and attribute accuracy.
 The decoded clips (all 16 frames, uint8) are cached in /tmp once; training samples T frames per clip
 with the launcher's random_segment rule, evaluation the uniform one. Optional SCST (--scst-steps)
-follows the repository's scst step (K samples, mean-of-others baseline, CIDEr-D reward).
+follows the repository's scst step (K samples, mean-of-others baseline, CIDEr-D reward). Still-frame
+experiments (tiny_stills.py): --stills-steps N trains on fresh stills with still captions before CE,
+--mix-stills K adds K static still clips to every CE batch.
 Prints one JSON line per evaluation; --out appends them to a file.
 """
 from __future__ import annotations
@@ -30,7 +32,10 @@ sys.path.insert(0, str(ROOT))
 
 from ds_videocap.annotations import read_annotations  # noqa: E402
 from ds_videocap.captions import normalize_caption  # noqa: E402
-from ds_videocap.video import CLIP_MEAN, CLIP_STD, read_frames, sample_indices  # noqa: E402  # noqa: E402
+from ds_videocap.video import CLIP_MEAN, CLIP_STD, read_frames, sample_indices  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tiny_stills import StillStream  # noqa: E402
 
 
 def load_split(synth: Path, split: str):
@@ -188,6 +193,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scst-ce-weight", type=float, default=0.0)
     p.add_argument("--scst-temperature", type=float, default=1.0)
     p.add_argument("--scst-eval-every", type=int, default=50)
+    p.add_argument("--stills-steps", type=int, default=0, help="a still-frame stage before CE (tiny_stills.py)")
+    p.add_argument("--stills-batch", type=int, default=128)
+    p.add_argument("--stills-lr", type=float, default=1e-3)
+    p.add_argument("--stills-itc", type=float, default=None, help="its contrastive weight (default: --itc-weight)")
+    p.add_argument("--stills-keep", default="all", choices=("all", "vit"),
+                   help="what the video stage keeps of the stills stage: everything, or only the ViT")
+    p.add_argument("--mix-stills", type=int, default=0, help="static still clips added to each CE batch")
     p.add_argument("--save", default=None, help="save the CE state_dict here")
     p.add_argument("--load", default=None, help="skip CE: load this state_dict")
     return p
@@ -208,6 +220,13 @@ def main():
     from ds_videocap.optim import lr_at
 
     rng = np.random.default_rng(args.seed)
+    stills = StillStream(np.random.default_rng(args.seed + 2))
+    if args.stills_steps:
+        run_stills(args, model, stills, val_clips, val_frames)
+        if args.stills_keep == "vit":  # a fresh Q-Former, projection and LLM on the still-trained ViT
+            vit = model.hf.vision_model.state_dict()
+            model = build(args)
+            model.hf.vision_model.load_state_dict(vit)
     if args.load:
         model.load_state_dict(torch.load(args.load))
     else:
@@ -222,6 +241,10 @@ def main():
             pos += args.batch
             px = pick_frames(train_frames, idx, args.frames, rng, train=True)
             caps = [refs[i][rng.integers(len(refs[i]))] for i in idx]
+            if args.mix_stills:  # a still repeated over the clip's frames: a static clip, a still's caption
+                still_frames, still_caps = stills.draw(args.mix_stills)
+                px = torch.cat([px, to_pixels(np.repeat(still_frames[:, None], args.frames, axis=1))])
+                caps += still_caps
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, args.warmup, args.lr, args.min_lr) * g["lr_mult"]
             inputs = model.encode_text(caps)
@@ -244,6 +267,33 @@ def main():
             torch.save(model.state_dict(), args.save)
     if args.scst_steps:
         run_scst(args, model, train_clips, train_frames, val_clips, val_frames, refs, rng)
+
+
+def run_stills(args, model, stills, val_clips, val_frames):
+    """Captioning single fresh stills (one frame each) with the caption loss and contrastive term."""
+    from ds_videocap.optim import lr_at
+
+    opt = torch.optim.AdamW(decay_groups(model, args.wd), lr=args.stills_lr)
+    itc = args.itc_weight if args.stills_itc is None else args.stills_itc
+    t0, losses = time.time(), []
+    model.train()
+    for step in range(args.stills_steps):
+        frames, caps = stills.draw(args.stills_batch)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.stills_steps, 50, args.stills_lr, args.stills_lr / 20)
+        loss = model(pixel_values=to_pixels(frames[:, None]), **model.encode_text(caps), itc_weight=itc,
+                     itc_temperature=args.itc_temperature)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if (step + 1) % args.log_every == 0:
+            emit(args, {"event": "stills", "step": step + 1, "loss": round(float(np.mean(losses)), 4),
+                        "s_per_step": round((time.time() - t0) / (step + 1), 3), "example": caps[0]})
+            losses = []
+    scores, caps_out = evaluate(model, val_clips, val_frames, args.frames)
+    emit(args, {"event": "eval", "phase": "stills", **scores, "example": list(caps_out.values())[:3]})
 
 
 def run_scst(args, model, train_clips, train_frames, val_clips, val_frames, refs, rng):

@@ -133,6 +133,8 @@ class CECfg:
     itc_weight: float = 0.0
     """Add this much video-text contrastive loss (align.py) to the caption loss; 0 is off."""
     itc_temperature: float = 0.1
+    itc_across_ranks: bool = True
+    """Every rank's videos and captions are the contrastive negatives (BLIP-2's ITC), not only this rank's."""
 
 
 @dataclass
@@ -238,14 +240,8 @@ def validate(cfg: RecipeCfg) -> None:
         if key not in TINY_SIZES or isinstance(value, bool) or not isinstance(value, int) or value < 1:
             fail(f"model.tiny_sizes{'.' if key else ''}{key}",
                  f"takes the sizes {list(TINY_SIZES)}, each a positive integer; got {value!r}")
-    if cfg.data.frames < 1:
-        fail("data.frames", f"must be >= 1, got {cfg.data.frames}")
-    if cfg.data.image_size < 8:
-        fail("data.image_size", f"must be >= 8, got {cfg.data.image_size}")
     if cfg.model.image_size is not None and cfg.model.image_size < 8:
         fail("model.image_size", f"must be >= 8, got {cfg.model.image_size}")
-    if cfg.max_nonfinite_steps < 1:
-        fail("max_nonfinite_steps", f"must be >= 1, got {cfg.max_nonfinite_steps}")
     if not 0.0 <= cfg.data.max_skipped_fraction <= 1.0:
         fail("data.max_skipped_fraction", "must be within [0, 1]")
     for phase in ("ce", "scst"):
@@ -283,7 +279,9 @@ def validate(cfg: RecipeCfg) -> None:
         fail("lora.r", "must be >= 1")
     if not 0 <= cfg.lora.dropout < 1:
         fail("lora.dropout", f"must be within [0, 1), got {cfg.lora.dropout}")
-    for name, value, low in (("data.num_workers", cfg.data.num_workers, 0), ("data.max_words", cfg.data.max_words, 1),
+    for name, value, low in (("data.frames", cfg.data.frames, 1), ("data.image_size", cfg.data.image_size, 8),
+                             ("max_nonfinite_steps", cfg.max_nonfinite_steps, 1),
+                             ("data.num_workers", cfg.data.num_workers, 0), ("data.max_words", cfg.data.max_words, 1),
                              ("data.decode_timeout_s", cfg.data.decode_timeout_s, 0),
                              ("eval.batch_size", cfg.eval.batch_size, 1), ("scst.samples", cfg.scst.samples, 1),
                              ("scst.max_new_tokens", cfg.scst.max_new_tokens, 1),

@@ -6,9 +6,9 @@ Every fact the package needs from the JSON (zero_stage, optimizer_offloaded, com
 here and nowhere else.
 
 Every torch.distributed collective of the package goes through the helpers below (any_rank,
-broadcast_float, sum_over_ranks, gather_objects, barrier). They put tensors on the accelerator's
-current device: NCCL refuses CPU tensors ("No backend type associated with device type cpu"), gloo
-takes them, so code that calls dist.* directly passes every CPU test and fails on the first GPU run.
+broadcast_float, sum_over_ranks, gather_objects, gather_rows, barrier). They put tensors on the
+accelerator's current device: NCCL refuses CPU tensors ("No backend type associated with device type
+cpu"), gloo takes them, so code that calls dist.* directly passes every CPU test and fails on a GPU.
 Outside a distributed run they return this process's own value.
 """
 from __future__ import annotations
@@ -243,6 +243,46 @@ def gather_objects(obj) -> list:
     parts = [None] * dist.get_world_size()
     dist.all_gather_object(parts, obj)  # pickles through tensors on the current device (set at init)
     return parts
+
+
+def gather_rows(local: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(every rank's rows in rank order, where this rank's start); ranks may hold different counts.
+
+    Differentiable: the backward all-reduces the gathered rows' gradient and keeps this rank's slice,
+    so each rank's rows get the gradient of every rank's loss (a no-grad gather drops it: measured
+    worse, benchmarks/README.md). Every rank must call it and run backward through it.
+    """
+    dist = _dist()
+    if dist is None or dist.get_world_size() == 1:
+        return local, 0
+    device, world, rank = collective_device(), dist.get_world_size(), dist.get_rank()
+    counts = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world)]
+    dist.all_gather(counts, torch.tensor([local.shape[0]], dtype=torch.long, device=device))
+    counts = [int(c.item()) for c in counts]
+    return _GatherRows.apply(local, counts, rank), sum(counts[:rank])
+
+
+class _GatherRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, local, counts, rank):
+        import torch.distributed as dist
+
+        device = collective_device()
+        ctx.rows = (sum(counts[:rank]), sum(counts[:rank + 1]))
+        padded = torch.zeros((max(counts), *local.shape[1:]), dtype=local.dtype, device=device)
+        padded[:local.shape[0]] = local.detach().to(device)
+        parts = [torch.empty_like(padded) for _ in counts]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[:n] for p, n in zip(parts, counts)]).to(local.device)
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed as dist
+
+        summed = grad.contiguous().to(collective_device())
+        dist.all_reduce(summed)  # d(sum over ranks' losses)/d(gathered rows)
+        start, stop = ctx.rows
+        return summed[start:stop].to(grad.device), None, None
 
 
 def barrier() -> None:

@@ -171,7 +171,8 @@ def fit(ctx: StepContext, phase: Phase, state: TrainState, validate: Callable, s
             bar.update(1)
             if window and (state.step % cfg.log_every == 0 or state.step == phase.total_steps):
                 elapsed = max(time.time() - window_start, 1e-9)
-                record = {k: sum(o[k] for o in window) / len(window) for k in window[0]}
+                keys = dict.fromkeys(k for o in window for k in o)  # a key some micro-batches lack: their mean
+                record = {k: sum(o[k] for o in window if k in o) / sum(k in o for o in window) for k in keys}
                 record.update(phase=phase.name, step=state.step, epoch=state.epoch,
                               lr=engine.optimizer.param_groups[0]["lr"], samples_per_s=window_samples / elapsed,
                               **_device_memory(), **_drawn(ctx, state))

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .align import contrastive_loss
+from .engine import gather_rows, world_size
 
 FUSIONS = ("concat", "per_frame")
 MAX_FRAMES = 64  # rows of a frame-index embedding built here (the planner counts them too)
@@ -167,9 +168,11 @@ class VideoCaptioner(nn.Module):
         return out.logits[:, embeds.shape[1] - 1 - int(bos_too): -1]
 
     def forward(self, pixel_values, input_ids=None, attention_mask=None, labels=None, sequences=None,
-                generate_kwargs: dict | None = None, itc_weight: float = 0.0, itc_temperature: float = 0.1):
+                generate_kwargs: dict | None = None, itc_weight: float = 0.0, itc_temperature: float = 0.1,
+                itc_across_ranks: bool = False):
         """Mean cross-entropy over caption tokens (labels -100 ignored): a scalar; plus itc_weight x the
-        video-text contrastive loss over the batch (align.py) when itc_weight > 0.
+        video-text contrastive loss over the batch (align.py) when itc_weight > 0, with every rank's
+        videos and captions as negatives when itc_across_ranks (then every rank must call it).
 
         The same call serves the other two uses, so that under ZeRO-3 they can run through the
         engine (`engine(pixels, sequences=s)`): only inside the engine's forward does DeepSpeed
@@ -189,9 +192,15 @@ class VideoCaptioner(nn.Module):
         if self.train_bos:
             labels = torch.cat([torch.full_like(labels[:, :1], self.tokenizer.bos_token_id), labels], 1)
         loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
-        if itc_weight and visual.shape[0] > 1:  # the CE phase's auxiliary term (align.py), off by default
+        # The parts, detached, for the CE phase's log (ce_step): the returned loss is their weighted sum.
+        self.last_loss_parts = {"caption_loss": loss.detach()}
+        # the CE phase's auxiliary term (align.py), off by default; gathered, every rank joins the collective
+        gather = gather_rows if itc_across_ranks and world_size() > 1 else None
+        if itc_weight and (gather is not None or visual.shape[0] > 1):
             text = self.language_model.get_input_embeddings()(input_ids.to(visual.device))
-            loss = loss + itc_weight * contrastive_loss(visual, text, caption_mask, itc_temperature)
+            itc = contrastive_loss(visual, text, caption_mask, itc_temperature, gather)
+            self.last_loss_parts["itc_loss"] = itc.detach()
+            loss = loss + itc_weight * itc
         return loss
 
     def sequence_logprobs(self, pixel_values, sequences) -> tuple[torch.Tensor, torch.Tensor]:

@@ -61,3 +61,55 @@ def test_recipe_rejects_bad_alignment_and_advantage_keys(override, field):
     from ds_videocap.recipe_io import load_recipe
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         load_recipe("synth", [override])  # validates
+
+
+def _gathered_rank(rank: int, world: int, port: int, dtype: torch.dtype, results) -> None:
+    """One gloo rank: its rows of a global batch of 5 (3 on rank 0, 2 on rank 1: unequal counts)."""
+    import torch.distributed as dist
+
+    from ds_videocap.engine import gather_rows
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    visual, text, mask = _global_batch(dtype)
+    rows = slice(0, 3) if rank == 0 else slice(3, 5)
+    local = visual[rows].clone().requires_grad_(True)
+    text_local = text[rows].clone().requires_grad_(True)
+    loss = contrastive_loss(local, text_local, mask[rows], 0.1, gather_rows)
+    (loss * local.shape[0] / 5).backward()  # this rank's share of the whole batch's mean
+    results[rank] = (loss.item(), local.shape[0], local.grad.float(), text_local.grad.float(), local.grad.dtype)
+    dist.destroy_process_group()
+
+
+def _global_batch(dtype: torch.dtype):
+    g = torch.Generator().manual_seed(3)
+    visual, text = torch.randn(5, 3, 8, generator=g), torch.randn(5, 4, 8, generator=g)
+    return visual.to(dtype), text.to(dtype), torch.ones(5, 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gathered_contrastive_loss_is_the_global_batch_loss(dtype):
+    """Across ranks (ce.itc_across_ranks, engine.gather_rows), each rank scores its rows against every
+    rank's columns: the row-weighted mean over ranks is the loss of the whole batch on one process,
+    unequal row counts included, and so is the gradient each rank's rows receive (in their own dtype)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.get_context("spawn").Manager().dict()
+    mp.spawn(_gathered_rank, args=(2, port, dtype, results), nprocs=2, join=True)
+    visual, text, mask = _global_batch(dtype)
+    visual.requires_grad_(True)
+    text.requires_grad_(True)
+    whole = contrastive_loss(visual, text, mask, 0.1)
+    whole.backward()
+    (loss0, n0, v_grad0, t_grad0, dtype0), (loss1, n1, v_grad1, t_grad1, dtype1) = results[0], results[1]
+    assert (n0 * loss0 + n1 * loss1) / (n0 + n1) == pytest.approx(whole.item(), rel=1e-5)
+    assert loss0 != pytest.approx(contrastive_loss(visual[:3], text[:3], mask[:3], 0.1).item(), rel=1e-3)
+    # the gradient of every rank's loss reaches each rank's rows: the whole batch's gradient, exactly
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(torch.cat([v_grad0, v_grad1]), visual.grad.float(), rtol=tol, atol=tol)
+    torch.testing.assert_close(torch.cat([t_grad0, t_grad1]), text.grad.float(), rtol=tol, atol=tol)
+    assert dtype0 == dtype1 == dtype

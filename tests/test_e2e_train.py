@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import yaml
 from e2e import ROOT, ZERO3_OFFLOAD_STEPS, losses_by_step, read_metrics, run_train
 
 pytestmark = pytest.mark.slow
@@ -21,6 +22,12 @@ def check_training_run(out, ce_steps: int) -> None:
     losses = losses_by_step(out, "ce")
     assert sorted(losses) == list(range(1, ce_steps + 1))
     assert all(v == v and v > 0 for v in losses.values())  # finite, positive
+    # the logged parts add up to the loss: caption CE + ce.itc_weight x the contrastive term
+    weight = yaml.safe_load((out / "config.yaml").read_text())["ce"]["itc_weight"]
+    assert weight > 0, "the synth recipe trains with the contrastive term; this check needs it"
+    for m in (m for m in read_metrics(out) if m.get("phase") == "ce" and "loss" in m):
+        assert m["caption_loss"] > 0 and m["itc_loss"] > 0
+        assert m["loss"] == pytest.approx(m["caption_loss"] + weight * m["itc_loss"], rel=1e-4)
     summary = json.loads((out / "summary.json").read_text())
     assert {"Bleu_4", "METEOR", "ROUGE_L", "CIDEr"} <= set(summary["ce"]["test"])
     assert summary["skipped_videos"] == []
