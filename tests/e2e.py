@@ -14,7 +14,10 @@ ROOT = Path(__file__).resolve().parent.parent
 FAST = ["ce.log_every=1", "scst.log_every=1", "eval.num_beams=2", "eval.batch_size=16", "data.num_workers=0",
         "ce.micro_batch=8", "scst.micro_batch=4", "scst.samples=3"]
 # The run conftest.zero3_offload_run shares between modules: CE then SCST, parameters gathered per rollout.
-ZERO3_OFFLOAD_STEPS = ("ce.steps=2", "scst.steps=2", "scst.gather_for_generation=true", "scst.max_new_tokens=12")
+# the contrastive term across ranks (the synth recipe's is per rank): the two-node test then checks that
+# the gathered term gives the same losses over TCP between launchers as within one
+ZERO3_OFFLOAD_STEPS = ("ce.steps=2", "scst.steps=2", "scst.gather_for_generation=true", "scst.max_new_tokens=12",
+                       "ce.itc_across_ranks=true")
 
 
 def train_command(out: Path, synth: Path, ds_json: str, *overrides: str, recipe: str = "synth") -> list[str]:

@@ -27,7 +27,7 @@ def test_one_ce_and_one_scst_step_in_bf16(tmp_path, synth, ds_json):
     out = tmp_path / "run"
     proc = run_train(out, synth, ds_json, "ce.steps=1", "scst.steps=1", "scst.max_new_tokens=8",
                      "model.frame_embedding=true", "scst.weight_decay=0.2", "scst.betas=[0.5,0.6]",
-                     "scst.reset_optimizer=true",
+                     "scst.reset_optimizer=true", "ce.itc_across_ranks=true",
                      env={"DS_VIDEOCAP_CPU_BF16": "1"})
     assert "torch.bfloat16" in proc.stdout and "training in fp32" not in proc.stdout
     # SCST's optimizer settings, read back from the ZeRO optimizer's own parameter groups.
