@@ -199,6 +199,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stills-itc", type=float, default=None, help="its contrastive weight (default: --itc-weight)")
     p.add_argument("--stills-keep", default="all", choices=("all", "vit"),
                    help="what the video stage keeps of the stills stage: everything, or only the ViT")
+    p.add_argument("--freeze-vit", action="store_true", help="the video stage keeps the ViT frozen (as BLIP-2)")
     p.add_argument("--mix-stills", type=int, default=0, help="static still clips added to each CE batch")
     p.add_argument("--save", default=None, help="save the CE state_dict here")
     p.add_argument("--load", default=None, help="skip CE: load this state_dict")
@@ -227,6 +228,8 @@ def main():
             vit = model.hf.vision_model.state_dict()
             model = build(args)
             model.hf.vision_model.load_state_dict(vit)
+    if args.freeze_vit:
+        model.hf.vision_model.requires_grad_(False)
     if args.load:
         model.load_state_dict(torch.load(args.load))
     else:
