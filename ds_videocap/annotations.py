@@ -48,7 +48,7 @@ def resolve_video(name: str, videos_root=None) -> str:
     path = Path(str(name) if "\x00" in str(name) else os.path.expanduser(str(name)))  # ~nobody: kept as is
     if videos_root is not None and not path.is_absolute():
         path = Path(videos_root) / path
-    if path.suffix.lower() in VIDEO_EXTENSIONS or path.is_file():
+    if path.suffix.lower() in VIDEO_EXTENSIONS or path.is_file() or not path.name:  # "/": nothing to extend
         return str(path)
     for ext in VIDEO_EXTENSIONS:
         candidate = path.with_name(path.name + ext)
@@ -113,8 +113,7 @@ def read_annotations(path, videos_root=None, fmt: str = "auto", split: str | Non
     path = Path(path)
     if fmt not in ("auto",) + FORMATS:
         raise AnnotationError(f"{path}: unknown format '{fmt}': expected auto or one of {list(FORMATS)}")
-    if fmt == "auto":
-        fmt = detect_format(path)
+    fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt == "msvd" and path.suffix.lower() in (".txt", ".csv"):
         clips = _read_msvd(path, videos_root)
     elif fmt == "jsonl":
@@ -177,6 +176,8 @@ class _Grouper:
         self.path, self.clips = path, {}
 
     def add(self, video_id: str, video: str, captions: list, split=None, attributes=None, where: str = "") -> None:
+        if not Path(video).name:  # "/" or "~/": a folder, never a video (and no name to add extensions to)
+            raise AnnotationError(f"{self.path}: {where or f'id {video_id!r}'}: the video '{video}' names no file")
         clip = self.clips.setdefault(video_id, Clip(video_id, video, [], split, attributes))
         if clip.video != video:  # merging would give one video both caption sets and drop the other
             raise AnnotationError(f"{self.path}: {where}: id {video_id!r} already names video '{clip.video}', "

@@ -134,3 +134,12 @@ def test_missing_file_and_unknown_format(tmp_path):
     (tmp_path / "a.json").write_text("[]")
     with pytest.raises(AnnotationError, match="unknown format 'csv'"):
         read_annotations(tmp_path / "a.json", fmt="csv")
+
+
+def test_a_video_field_without_a_file_name_is_an_annotation_error(tmp_path):
+    """Found by tests/test_fuzz.py: {"video": "/"} raised pathlib's ValueError from the extension search."""
+    assert resolve_video("/", tmp_path) == "/"
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps([{"video": "a.mp4", "caption": "a red ball"}, {"video": "/", "caption": "a box"}]))
+    with pytest.raises(AnnotationError, match=r"ann\.json: record 1: the video '/' names no file"):
+        read_annotations(ann, tmp_path / "videos")
