@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from probe_shape import SHAPES, build_net
+from tiny_stills import STILLS_SEED
 from tune_tiny import ROOT, load_split, to_pixels
 
 from ds_videocap.synth import render_clip
@@ -40,7 +41,7 @@ def main() -> None:
         xs, ys = [], []
         while len(xs) < batch:
             index += 1
-            clip, objects = render_clip(index, 999)
+            clip, objects = render_clip(index, STILLS_SEED)
             if len(objects) == 1:
                 xs.append(clip[rng.integers(16)])
                 ys.append(SHAPES.index(objects[0]["shape"]))

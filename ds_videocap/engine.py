@@ -265,9 +265,7 @@ def gather_rows(local: torch.Tensor) -> tuple[torch.Tensor, int]:
 class _GatherRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, local, counts, rank):
-        import torch.distributed as dist
-
-        device = collective_device()
+        dist, device = _dist(), collective_device()
         ctx.rows = (sum(counts[:rank]), sum(counts[:rank + 1]))
         padded = torch.zeros((max(counts), *local.shape[1:]), dtype=local.dtype, device=device)
         padded[:local.shape[0]] = local.detach().to(device)
@@ -277,10 +275,8 @@ class _GatherRows(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        import torch.distributed as dist
-
         summed = grad.contiguous().to(collective_device())
-        dist.all_reduce(summed)  # d(sum over ranks' losses)/d(gathered rows)
+        _dist().all_reduce(summed)  # d(sum over ranks' losses)/d(gathered rows)
         start, stop = ctx.rows
         return summed[start:stop].to(grad.device), None, None
 
