@@ -149,6 +149,8 @@ def emit(args, record):
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--synth", type=Path, default=ROOT / "data" / "synth")
+    p.add_argument("--val-synth", type=Path, default=None,
+                   help="evaluate on this set's val split (default --synth); draw it with another seed")
     p.add_argument("--recipe", default="synth")
     p.add_argument("--family", default="opt")
     p.add_argument("--tag", default="run")
@@ -184,6 +186,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--llm-lr-mult", type=float, default=1.0, help="the LLM's learning rate over the others' in CE")
     p.add_argument("--itc-weight", type=float, default=0.0, help="contrastive term in CE (ds_videocap/align.py)")
     p.add_argument("--itc-temperature", type=float, default=0.1)
+    p.add_argument("--itc-pool", default="mean", help="caption pooling of the contrastive term: mean | idf")
     p.add_argument("--scst-steps", type=int, default=0)
     p.add_argument("--scst-lr", type=float, default=2e-5)
     p.add_argument("--scst-min-lr", type=float, default=None, help="default scst-lr / 10")
@@ -212,7 +215,7 @@ def main():
     torch.manual_seed(args.seed)
 
     train_clips, train_frames = load_split(args.synth, "train")
-    val_clips, val_frames = load_split(args.synth, "val")
+    val_clips, val_frames = load_split(args.val_synth or args.synth, "val")
     refs = [[normalize_caption(c, 50) for c in clip.captions] for clip in train_clips]
     model = build(args)
     n_params = sum(p.numel() for p in model.parameters())
@@ -251,7 +254,8 @@ def main():
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, args.warmup, args.lr, args.min_lr) * g["lr_mult"]
             inputs = model.encode_text(caps)
-            loss = model(pixel_values=px, **inputs, itc_weight=args.itc_weight, itc_temperature=args.itc_temperature)
+            loss = model(pixel_values=px, **inputs, itc_weight=args.itc_weight, itc_temperature=args.itc_temperature,
+                         itc_text_pool=args.itc_pool)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

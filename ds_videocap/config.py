@@ -135,6 +135,7 @@ class CECfg:
     itc_temperature: float = 0.1
     itc_across_ranks: bool = True
     """Every rank's videos and captions are the contrastive negatives (BLIP-2's ITC), not only this rank's."""
+    itc_text_pool: str = "mean"  # the caption vector: the mean token embedding, or "idf"-weighted (align.py)
 
 
 @dataclass
@@ -220,6 +221,7 @@ CHOICES = {
     "model.quant": (None, "8bit", "4bit"),
     "scst.baseline": ("mean_others", "greedy", "beam_mean"),
     "scst.advantage": ("raw", "group_norm"),
+    "ce.itc_text_pool": ("mean", "idf"),
 }
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from tiny_models import CAPTIONS, frames, load
 
-from ds_videocap.align import contrastive_loss
+from ds_videocap.align import batch_idf_weights, contrastive_loss
 from ds_videocap.scst_advantage import compute_advantages
 
 
@@ -40,6 +40,46 @@ def test_forward_adds_the_weighted_contrastive_term(tiny_folders):
     assert both.item() == pytest.approx(ce.item() + 0.5 * itc.item(), rel=1e-5)
     both.backward()  # the term reaches the vision side
     assert model.hf.vision_model.embeddings.patch_embedding.weight.grad.abs().sum() > 0
+    idf = model(pixels, **inputs, itc_weight=0.5, itc_temperature=0.1, itc_text_pool="idf")
+    itc_idf = contrastive_loss(model.encode_visual(pixels), text, inputs["labels"] != -100, 0.1,
+                               token_ids=inputs["input_ids"])
+    assert idf.item() == pytest.approx(ce.item() + 0.5 * itc_idf.item(), rel=1e-5)
+    assert itc_idf.item() != pytest.approx(itc.item(), rel=1e-3)  # the pooling did change the term
+
+
+def test_batch_idf_weights_count_words_that_tell_captions_apart():
+    ids = torch.tensor([[5, 7, 9, 0], [5, 8, 9, 0], [5, 7, 6, 6]])  # 5 in all three, 7 in two, 8 and 6 in one
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1]]).bool()
+    w = batch_idf_weights(ids, mask)
+    log = math.log
+    expected = torch.tensor([[0, log(3 / 2), log(3 / 2), 0], [0, log(3), log(3 / 2), 0],
+                             [0, log(3 / 2), log(3), log(3)]])  # a repeated word counts once in df
+    assert torch.allclose(w, expected, atol=1e-6)
+    # padding holds id 0 here, a real word elsewhere: masked positions must not add to its count
+    assert batch_idf_weights(torch.tensor([[0, 1], [2, 0]]), torch.tensor([[1, 1], [1, 0]]).bool())[0, 0] \
+        == pytest.approx(log(2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_idf_pooling_matches_captions_by_the_words_that_differ(dtype):
+    """Two captions share every word but one: the plain mean hardly tells them apart, IDF pooling does."""
+    g = torch.Generator().manual_seed(1)
+    vocab = torch.randn(10, 16, generator=g)
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 7]])
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    text = vocab[ids].to(dtype)
+    visual = vocab[torch.tensor([6, 7])].unsqueeze(1).to(dtype)  # each video looks like its caption's own word
+    mean_loss = contrastive_loss(visual, text, mask, 0.1)
+    idf_loss = contrastive_loss(visual, text, mask, 0.1, token_ids=ids)
+    assert idf_loss.dtype == torch.float32 and torch.isfinite(idf_loss)
+    assert idf_loss.item() < 0.05 < mean_loss.item()
+    # the IDF-pooled caption vector is its distinct word alone (the shared ones weigh 0)
+    same = contrastive_loss(visual, vocab[torch.tensor([[6], [7]])].to(dtype), torch.ones(2, 1, dtype=torch.bool), 0.1)
+    assert idf_loss.item() == pytest.approx(same.item(), rel=2e-2 if dtype == torch.bfloat16 else 1e-5)
+    # captions that share every token fall back to the plain mean instead of a 0/0
+    twins, both = torch.tensor([[1, 2], [1, 2]]), torch.ones(2, 2, dtype=torch.bool)
+    fallback = contrastive_loss(visual, vocab[twins].to(dtype), both, 0.1, token_ids=twins)
+    assert fallback.item() == pytest.approx(contrastive_loss(visual, vocab[twins].to(dtype), both, 0.1).item())
 
 
 def test_group_norm_advantages_scale_each_video_by_its_spread():
@@ -55,6 +95,7 @@ def test_group_norm_advantages_scale_each_video_by_its_spread():
 
 @pytest.mark.parametrize("override, field", [("ce.itc_weight=-1", "ce.itc_weight"),
                                              ("ce.itc_temperature=0", "ce.itc_weight"),
+                                             ("ce.itc_text_pool=max", "ce.itc_text_pool"),
                                              ("scst.advantage=grpo", "scst.advantage")])
 def test_recipe_rejects_bad_alignment_and_advantage_keys(override, field):
     from ds_videocap.config import ConfigError
