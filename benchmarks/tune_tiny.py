@@ -103,6 +103,8 @@ def build(args):
         for m in model.modules():
             if isinstance(m, torch.nn.Dropout):
                 m.p = args.dropout
+            elif isinstance(getattr(m, "dropout", None), float):  # OPT's layers call F.dropout(p=self.dropout)
+                m.dropout = args.dropout
     return model
 
 
@@ -179,7 +181,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-std", type=float, default=None, help="re-draw the frame-index embedding")
     p.add_argument("--patch-std", type=float, default=None, help="re-draw the patch embedding (<=0: 1/sqrt(fan_in))")
     p.add_argument("--xattn-std", type=float, default=None, help="re-draw Q-Former cross-attention q/k")
-    p.add_argument("--dropout", type=float, default=None, help="set every Dropout's p")
+    p.add_argument("--dropout", type=float, default=None, help="every dropout p (nn.Dropout, OPT's floats)")
     p.add_argument("--no-frame-embedding", action="store_true")
     p.add_argument("--fusion", default=None, help="concat | per_frame (default: the recipe's)")
     p.add_argument("--vit-lr-mult", type=float, default=1.0, help="the ViT's learning rate over the others' in CE")
@@ -219,8 +221,10 @@ def main():
     refs = [[normalize_caption(c, 50) for c in clip.captions] for clip in train_clips]
     model = build(args)
     n_params = sum(p.numel() for p in model.parameters())
-    emit(args, {"event": "config", "params": n_params, **{k: (str(v) if isinstance(v, Path) else v)
-                                                           for k, v in vars(args).items()}})
+    # which set: `data synth` and the main job redraw data/synth with their seed, so the path alone does not say
+    ready = json.loads((args.synth / "READY").read_text())
+    emit(args, {"event": "config", "params": n_params, "synth_ready": ready,
+                **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}})
     from ds_videocap.optim import lr_at
 
     rng = np.random.default_rng(args.seed)
