@@ -57,4 +57,3 @@ def contrastive_loss(visual: torch.Tensor, text_embeds: torch.Tensor, text_mask:
     target = torch.arange(offset, offset + v.shape[0], device=v.device)
     return 0.5 * (F.cross_entropy(v @ t_all.T / temperature, target)
                   + F.cross_entropy(t @ v_all.T / temperature, target))
-

@@ -186,8 +186,8 @@ class VideoCaptioner(nn.Module):
         if sequences is not None:
             return self.sequence_logprobs(pixel_values, sequences)
         visual = self.encode_visual(pixel_values)
-        logits = self._caption_logits(visual, input_ids.to(visual.device), attention_mask.to(visual.device),
-                                      bos_too=self.train_bos)
+        input_ids = input_ids.to(visual.device)
+        logits = self._caption_logits(visual, input_ids, attention_mask.to(visual.device), bos_too=self.train_bos)
         labels = labels.to(visual.device)
         caption_mask = labels != -100
         if self.train_bos:
@@ -198,8 +198,8 @@ class VideoCaptioner(nn.Module):
         # the CE phase's auxiliary term (align.py), off by default; gathered, every rank joins the collective
         gather = gather_rows if itc_across_ranks and world_size() > 1 else None
         if itc_weight and (gather is not None or visual.shape[0] > 1):
-            text = self.language_model.get_input_embeddings()(input_ids.to(visual.device))
-            ids = input_ids.to(visual.device) if itc_text_pool == "idf" else None  # else the plain mean
+            text = self.language_model.get_input_embeddings()(input_ids)
+            ids = input_ids if itc_text_pool == "idf" else None  # else the plain mean
             itc = contrastive_loss(visual, text, caption_mask, itc_temperature, gather, token_ids=ids)
             self.last_loss_parts["itc_loss"] = itc.detach()
             loss = loss + itc_weight * itc
