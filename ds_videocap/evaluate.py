@@ -23,7 +23,7 @@ from .data import VideoCaptionDataset, blank_batch, collate_clips, shard_indices
 from .engine import gather_objects, init_distributed, rank_and_world
 from .errors import UserError
 from .export import save_hf_folder
-from .metrics import score_captions, write_results
+from .metrics import score_captions, start_meteor, write_results
 from .output import print_json
 from .paths import follow_run_folder
 from .recipe_io import load_saved_config
@@ -206,6 +206,8 @@ def eval_command(args) -> int:
     model, cfg = load_captioner(args.checkpoint, choose_device(args.device), model_overrides(args))
     data_cfg, eval_cfg = _eval_data_cfg(model, cfg, args), _eval_cfg(cfg, args)
     clips = read_annotations(args.annotations, args.videos, fmt=args.format)
+    if rank_and_world()[0] == 0:
+        start_meteor()  # its JVM loads while the captions decode
     captions, skipped = decode_clips(plain_context(model), clips, data_cfg, decode_kwargs(eval_cfg),
                                      eval_cfg.batch_size, progress=True)
     if rank_and_world()[0] != 0:

@@ -6,8 +6,10 @@ METEOR and SPICE run Java, so a missing Java runtime is reported up front as a U
 """
 from __future__ import annotations
 
+import atexit
 import json
 import shutil
+import threading
 import warnings
 from pathlib import Path
 
@@ -15,6 +17,8 @@ from .errors import UserError
 from .noise import library_output
 
 CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
+_meteor = None  # one METEOR JVM per process: it spends ~4-7 s loading its tables before the first score
+_meteor_lock = threading.Lock()
 
 
 def spice_available() -> bool:
@@ -69,7 +73,6 @@ def score_captions(results: dict, references: dict, spice: bool | None = None) -
 def _run_scorers(results: dict, references: dict, run_spice: bool) -> dict[str, float]:
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.meteor.meteor import Meteor
     from pycocoevalcap.rouge.rouge import Rouge
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
@@ -79,9 +82,7 @@ def _run_scorers(results: dict, references: dict, run_spice: bool) -> dict[str, 
     scores: dict[str, float] = {}
     bleu, _ = Bleu(4).compute_score(gts, res)
     scores.update({f"Bleu_{i + 1}": float(b) for i, b in enumerate(bleu)})
-    meteor = Meteor()
-    scores["METEOR"] = float(meteor.compute_score(gts, res)[0])
-    del meteor  # its __del__ stops the METEOR JVM now rather than at interpreter exit
+    scores["METEOR"] = float(start_meteor().compute_score(gts, res)[0])
     scores["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
     scores["CIDEr"] = float(Cider().compute_score(gts, res)[0])
     if run_spice:
@@ -89,6 +90,31 @@ def _run_scorers(results: dict, references: dict, run_spice: bool) -> dict[str, 
 
         scores["SPICE"] = float(Spice().compute_score(gts, res)[0])
     return scores
+
+
+def start_meteor():
+    """The process's METEOR scorer, its JVM started on the first call and kept for later evaluations.
+
+    Called early (before decoding the captions it will score), the JVM loads its paraphrase tables
+    while the model generates, instead of after. Stopped at interpreter exit.
+    """
+    global _meteor
+    with _meteor_lock:
+        if _meteor is None or _meteor.meteor_p.poll() is not None:  # none yet, or its JVM has died
+            from pycocoevalcap.meteor.meteor import Meteor
+
+            _require_java()
+            _meteor = Meteor()
+            atexit.register(_stop_meteor)
+        return _meteor
+
+
+def _stop_meteor() -> None:
+    global _meteor
+    if _meteor is not None:
+        _meteor.meteor_p.kill()  # __del__ would take the scorer's lock, which a dying thread may hold
+        _meteor.meteor_p.wait()
+        _meteor = None
 
 
 def write_results(results: dict, path: str | Path) -> Path:

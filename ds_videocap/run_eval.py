@@ -8,6 +8,7 @@ from dataclasses import replace
 from .engine import broadcast_float
 from .evaluate import decode_clips, decode_kwargs, score_split
 from .generation import generation_context
+from .metrics import start_meteor
 
 
 class RunEvaluator:
@@ -18,6 +19,8 @@ class RunEvaluator:
         """Videos that could not be decoded for validation or test (every rank's)."""
 
     def decode(self, clips, greedy: bool) -> dict:
+        if self.rank == 0:
+            start_meteor()  # rank 0 scores: its METEOR JVM loads while the captions decode (once per run)
         data_cfg = replace(self.cfg.data, num_workers=min(self.cfg.data.num_workers, 1))
         context = generation_context(self.engine, self.cfg.scst.gather_for_generation)
         captions, skipped = decode_clips(context, clips, data_cfg, decode_kwargs(self.cfg.eval, greedy=greedy),

@@ -18,6 +18,7 @@ from .checkpoints import find_resume, load_checkpoint
 from .data import SkipTracker, VideoCaptionDataset, build_loader
 from .engine import adapt_ds_config, compute_dtype, init_distributed, initialize
 from .loop import Phase, StepContext, TrainState, fit, steps_for
+from .metrics import start_meteor
 from .mixing import SourceCounter, mixed_epoch_order
 from .optim import apply_phase_settings, build_optimizer, describe_settings
 from .prepare import build_reward, prepare_data, prepare_model
@@ -40,6 +41,8 @@ def train_command(args) -> int:
     _seed_everything(cfg.seed + rank)  # per rank: dropout masks and SCST samples differ across ranks
     say = print if rank == 0 else (lambda *_, **__: None)
     clips = prepare_data(cfg, rank, raw_ds_config)
+    if rank == 0 and (clips["val"] or clips["test"]):
+        start_meteor()  # rank 0 scores; its JVM's ~5-10 s of loading overlap the model's build and training
     ds_config = adapt_ds_config(raw_ds_config, cfg.ce.micro_batch, cfg.output_dir, say=say)
     cfg, model = prepare_model(cfg, ds_config, rank, say)  # cfg now names the model folder and frame size
     train_set = VideoCaptionDataset(clips["train"], cfg.data, train=True, seed=cfg.seed)

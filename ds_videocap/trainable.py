@@ -21,22 +21,27 @@ def _lora_config(model, lora_cfg):
 
 
 def apply_trainable(model, model_cfg, lora_cfg, adapter_dir: Path | None = None) -> None:
-    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
-
+    # peft is imported only where used: importing it costs each rank 3-8 s of start-up
     hf = model.hf
     quantized = getattr(hf, "hf_quantizer", None) is not None  # model.quant with llm=full: config.validate
     hf.requires_grad_(False)
     checkpoint_kwargs = {"use_reentrant": False}  # reentrant checkpoints drop grads when inputs are frozen
     lm = hf.language_model
     if quantized:
+        from peft import prepare_model_for_kbit_training
+
         # Casts norms to fp32 and freezes the LLM; its own checkpointing switch is the LLM flag.
         lm = prepare_model_for_kbit_training(lm, use_gradient_checkpointing=model_cfg.grad_checkpointing_llm,
                                              gradient_checkpointing_kwargs=checkpoint_kwargs)
     if adapter_dir is not None:  # an exported adapter: keep training it, or fold it in
+        from peft import PeftModel
+
         lm = PeftModel.from_pretrained(lm, str(adapter_dir), is_trainable=model_cfg.llm == "lora")
         if model_cfg.llm != "lora" and not quantized:
             lm = lm.merge_and_unload()
     elif model_cfg.llm == "lora":
+        from peft import get_peft_model
+
         lm = get_peft_model(lm, _lora_config(model, lora_cfg))
     hf.language_model = lm
     if model_cfg.llm == "full":

@@ -32,3 +32,6 @@ fi
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 export TOKENIZERS_PARALLELISM=false
 export HF_HUB_OFFLINE=1
+# DeepSpeed's JIT ops (CPU Adam, the CPU accelerator's shared-memory comm) built once per venv: a shared
+# ~/.cache/torch_extensions makes two checkouts' venvs rebuild them (~1-2 min) each time they alternate.
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$VENV/torch_extensions}"

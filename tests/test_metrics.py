@@ -60,3 +60,27 @@ def test_bad_results_file_names_the_file(tmp_path):
     bad.write_text('[{"caption": "no id"}]')
     with pytest.raises(UserError, match="bad.json"):
         read_results(bad)
+
+
+def test_one_meteor_jvm_serves_every_evaluation_and_a_dead_one_is_replaced():
+    """The JVM spends seconds loading METEOR's tables, so a run keeps one; its scores stay pycocoevalcap's
+    own (a fresh Meteor gives the same), and a JVM that died is started again rather than written to."""
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    from ds_videocap import metrics
+
+    first = metrics.start_meteor()
+    assert metrics.start_meteor() is first
+    scores = [score_captions(RESULTS, REFERENCES, spice=False)["METEOR"] for _ in range(2)]
+    assert metrics.start_meteor() is first and scores[0] == scores[1]
+
+    tok = PTBTokenizer()
+    gts = tok.tokenize({k: [{"caption": c} for c in v] for k, v in REFERENCES.items()})
+    res = tok.tokenize({k: [{"caption": c}] for k, c in RESULTS.items()})
+    assert scores[0] == pytest.approx(Meteor().compute_score(gts, res)[0], abs=1e-9)
+
+    first.meteor_p.kill()
+    first.meteor_p.wait()
+    assert metrics.start_meteor() is not first
+    assert score_captions(RESULTS, REFERENCES, spice=False)["METEOR"] == pytest.approx(scores[0], abs=1e-9)
