@@ -189,6 +189,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--itc-weight", type=float, default=0.0, help="contrastive term in CE (ds_videocap/align.py)")
     p.add_argument("--itc-temperature", type=float, default=0.1)
     p.add_argument("--itc-pool", default="mean", help="caption pooling of the contrastive term: mean | idf")
+    p.add_argument("--itc-swap", action="store_true", help="swapped-word caption negatives (ce.itc_swap_negatives)")
     p.add_argument("--scst-steps", type=int, default=0)
     p.add_argument("--scst-lr", type=float, default=2e-5)
     p.add_argument("--scst-min-lr", type=float, default=None, help="default scst-lr / 10")
@@ -259,7 +260,7 @@ def main():
                 g["lr"] = lr_at(step, total, args.warmup, args.lr, args.min_lr) * g["lr_mult"]
             inputs = model.encode_text(caps)
             loss = model(pixel_values=px, **inputs, itc_weight=args.itc_weight, itc_temperature=args.itc_temperature,
-                         itc_text_pool=args.itc_pool)
+                         itc_text_pool=args.itc_pool, itc_swap_negatives=args.itc_swap)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -17,6 +17,13 @@ import torch
 import torch.nn.functional as F
 
 
+def _presence(token_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, V) bool: caption b holds token v (masked positions count for nothing)."""
+    present = torch.zeros(token_ids.shape[0], int(token_ids.max()) + 1, device=token_ids.device)
+    present.scatter_add_(1, token_ids * mask.long(), mask.float())  # masked positions add 0 to id 0
+    return present > 0
+
+
 def batch_idf_weights(token_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B, L) weight log(B / df) of each caption token, df = how many of the batch's B captions hold it.
 
@@ -24,15 +31,46 @@ def batch_idf_weights(token_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tens
     caption vector keeps what tells it from the batch's other captions. Masked positions get 0.
     """
     b = token_ids.shape[0]
-    present = torch.zeros(b, int(token_ids.max()) + 1, device=token_ids.device)
-    present.scatter_add_(1, token_ids * mask.long(), mask.float())  # masked positions add 0 to id 0
-    df = (present > 0).sum(0).clamp(min=1)
+    df = _presence(token_ids, mask).sum(0).clamp(min=1)
     return torch.log(b / df)[token_ids] * mask.float()
 
 
+def swapped_word_captions(token_ids: torch.Tensor, mask: torch.Tensor, text_embeds: torch.Tensor,
+                          weights: torch.Tensor, tries: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hard negatives in the manner of NegCLIP: each caption's pooled vector with one of its words
+    swapped for a word of another caption that it does not hold -> ((B, D) unnormalised, (B,) valid).
+
+    Why: within a batch, captions usually differ in several words at once, so the visual side can tell
+    them apart by the easiest attribute (colour) and never needs the others. A caption that differs from
+    the true one in a single word asks for that word, whichever attribute it names. Only words that not
+    every caption holds are swapped (not "a", "is"); the swapped word keeps the weight of the one it
+    replaces. A caption with nothing to swap (or no foreign word found in `tries` draws) is not valid.
+    """
+    b, length = token_ids.shape
+    present = _presence(token_ids, mask)
+    content = mask.bool() & (present.sum(0) < b)[token_ids]  # (B, L): a word not every caption holds
+    flat = content.flatten().nonzero().squeeze(1)
+    embeds = (text_embeds * weights.unsqueeze(-1)).sum(1)
+    if flat.numel() == 0:
+        return embeds, torch.zeros(b, dtype=torch.bool, device=token_ids.device)
+    # the word to replace: one of the caption's content positions, uniformly
+    scores = torch.rand(b, length, device=token_ids.device).masked_fill(~content, -1.0)
+    pos = scores.argmax(1)
+    has_word = content.any(1)
+    # its replacement: the first of `tries` random content positions of the batch holding a foreign token
+    draws = flat[torch.randint(flat.numel(), (b, tries), device=token_ids.device)]
+    draw_tokens = token_ids.flatten()[draws]
+    foreign = ~present.gather(1, draw_tokens)
+    pick = draws.gather(1, foreign.float().argmax(1, keepdim=True)).squeeze(1)
+    rows = torch.arange(b, device=token_ids.device)
+    w = weights[rows, pos].unsqueeze(-1)
+    swapped = embeds - w * text_embeds[rows, pos] + w * text_embeds.flatten(0, 1)[pick]
+    return swapped, has_word & foreign.any(1)
+
+
 def contrastive_loss(visual: torch.Tensor, text_embeds: torch.Tensor, text_mask: torch.Tensor,
-                     temperature: float, gather: Callable | None = None,
-                     token_ids: torch.Tensor | None = None) -> torch.Tensor:
+                     temperature: float, gather: Callable | None = None, idf: bool = False,
+                     token_ids: torch.Tensor | None = None, swap_negatives: bool = False) -> torch.Tensor:
     """Symmetric InfoNCE: video i should pick caption i among the captions, and caption i video i.
 
     visual (B, N, D) visual tokens; text_embeds (B, L, D) caption token embeddings; text_mask (B, L)
@@ -41,19 +79,26 @@ def contrastive_loss(visual: torch.Tensor, text_embeds: torch.Tensor, text_mask:
     makes every rank's videos and captions the negatives, as BLIP-2 does: this rank's rows are scored
     against all ranks' columns, so that the mean over ranks is the loss of the whole global batch.
 
-    `token_ids` (B, L): pool the caption with batch_idf_weights instead of a plain mean (a caption
-    whose tokens every caption shares falls back to the mean).
+    `token_ids` (B, L): the caption tokens, needed by the two options. `idf`: pool the caption with
+    batch_idf_weights instead of a plain mean (a caption whose tokens every caption shares falls back to
+    the mean). `swap_negatives`: each video's own caption with one word swapped (swapped_word_captions)
+    is one more negative for that video.
     """
     v = F.normalize(visual.float().mean(1), dim=-1)
     m = text_mask.float()
-    if token_ids is not None:
+    if idf:
         w = batch_idf_weights(token_ids, text_mask)
         m = torch.where(w.sum(1, keepdim=True) > 0, w, m)
-    m = m.to(text_embeds.dtype).unsqueeze(-1)
-    t = F.normalize(((text_embeds * m).sum(1) / m.sum(1).clamp(min=1)).float(), dim=-1)
+    m = m.to(text_embeds.dtype)
+    t = F.normalize(((text_embeds * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True).clamp(min=1)).float(), dim=-1)
     v_all, t_all, offset = v, t, 0
     if gather is not None:
         (v_all, offset), (t_all, _) = gather(v), gather(t)
     target = torch.arange(offset, offset + v.shape[0], device=v.device)
-    return 0.5 * (F.cross_entropy(v @ t_all.T / temperature, target)
+    video_to_text = v @ t_all.T
+    if swap_negatives:
+        swapped, valid = swapped_word_captions(token_ids, text_mask, text_embeds, m)
+        own_swapped = (v * F.normalize(swapped.float(), dim=-1)).sum(1, keepdim=True)
+        video_to_text = torch.cat([video_to_text, own_swapped.masked_fill(~valid.unsqueeze(1), float("-inf"))], 1)
+    return 0.5 * (F.cross_entropy(video_to_text / temperature, target)
                   + F.cross_entropy(t @ v_all.T / temperature, target))

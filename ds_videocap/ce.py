@@ -13,7 +13,8 @@ def ce_step(engine, batch: dict, ctx):
     # The contrastive term runs inside the engine's forward: under ZeRO-3 parameters exist only there.
     itc = dict(itc_weight=ctx.ce.itc_weight, itc_temperature=ctx.ce.itc_temperature,
                itc_across_ranks=ctx.ce.itc_across_ranks,
-               itc_text_pool=ctx.ce.itc_text_pool) if ctx.ce is not None else {}
+               itc_text_pool=ctx.ce.itc_text_pool,
+               itc_swap_negatives=ctx.ce.itc_swap_negatives) if ctx.ce is not None else {}
     loss = engine(pixel_values=pixel_values, **inputs, **itc)
     # logged next to `loss` (their weighted sum), so that a rising contrastive term cannot hide a
     # falling caption loss or the reverse

@@ -133,9 +133,9 @@ class CECfg:
     itc_weight: float = 0.0
     """Add this much video-text contrastive loss (align.py) to the caption loss; 0 is off."""
     itc_temperature: float = 0.1
-    itc_across_ranks: bool = True
-    """Every rank's videos and captions are the contrastive negatives (BLIP-2's ITC), not only this rank's."""
+    itc_across_ranks: bool = True  # every rank's videos and captions are the negatives (BLIP-2's ITC)
     itc_text_pool: str = "mean"  # the caption vector: the mean token embedding, or "idf"-weighted (align.py)
+    itc_swap_negatives: bool = False  # each video's caption with one word swapped is a negative too (align.py)
 
 
 @dataclass

@@ -169,11 +169,12 @@ class VideoCaptioner(nn.Module):
 
     def forward(self, pixel_values, input_ids=None, attention_mask=None, labels=None, sequences=None,
                 generate_kwargs: dict | None = None, itc_weight: float = 0.0, itc_temperature: float = 0.1,
-                itc_across_ranks: bool = False, itc_text_pool: str = "mean"):
+                itc_across_ranks: bool = False, itc_text_pool: str = "mean", itc_swap_negatives: bool = False):
         """Mean cross-entropy over caption tokens (labels -100 ignored): a scalar; plus itc_weight x the
         video-text contrastive loss over the batch (align.py) when itc_weight > 0, with every rank's
         videos and captions as negatives when itc_across_ranks (then every rank must call it), and the
-        caption pooled by its tokens' batch IDF when itc_text_pool is "idf" (align.batch_idf_weights).
+        caption pooled by its tokens' batch IDF when itc_text_pool is "idf" (align.batch_idf_weights),
+        and each video's caption with one word swapped as one more negative when itc_swap_negatives.
 
         The same call serves the other two uses, so that under ZeRO-3 they can run through the
         engine (`engine(pixels, sequences=s)`): only inside the engine's forward does DeepSpeed
@@ -199,8 +200,8 @@ class VideoCaptioner(nn.Module):
         gather = gather_rows if itc_across_ranks and world_size() > 1 else None
         if itc_weight and (gather is not None or visual.shape[0] > 1):
             text = self.language_model.get_input_embeddings()(input_ids)
-            ids = input_ids if itc_text_pool == "idf" else None  # else the plain mean
-            itc = contrastive_loss(visual, text, caption_mask, itc_temperature, gather, token_ids=ids)
+            itc = contrastive_loss(visual, text, caption_mask, itc_temperature, gather, idf=itc_text_pool == "idf",
+                                   token_ids=input_ids, swap_negatives=itc_swap_negatives)
             self.last_loss_parts["itc_loss"] = itc.detach()
             loss = loss + itc_weight * itc
         return loss

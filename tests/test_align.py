@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from tiny_models import CAPTIONS, frames, load
 
+from ds_videocap import align
 from ds_videocap.align import batch_idf_weights, contrastive_loss
 from ds_videocap.scst_advantage import compute_advantages
 
@@ -41,10 +42,17 @@ def test_forward_adds_the_weighted_contrastive_term(tiny_folders):
     both.backward()  # the term reaches the vision side
     assert model.hf.vision_model.embeddings.patch_embedding.weight.grad.abs().sum() > 0
     idf = model(pixels, **inputs, itc_weight=0.5, itc_temperature=0.1, itc_text_pool="idf")
-    itc_idf = contrastive_loss(model.encode_visual(pixels), text, inputs["labels"] != -100, 0.1,
+    itc_idf = contrastive_loss(model.encode_visual(pixels), text, inputs["labels"] != -100, 0.1, idf=True,
                                token_ids=inputs["input_ids"])
     assert idf.item() == pytest.approx(ce.item() + 0.5 * itc_idf.item(), rel=1e-5)
     assert itc_idf.item() != pytest.approx(itc.item(), rel=1e-3)  # the pooling did change the term
+    torch.manual_seed(3)  # the swapped words are drawn from torch's generator: the same draws twice
+    swap = model(pixels, **inputs, itc_weight=0.5, itc_temperature=0.1, itc_swap_negatives=True)
+    torch.manual_seed(3)
+    itc_swap = contrastive_loss(model.encode_visual(pixels), text, inputs["labels"] != -100, 0.1,
+                                token_ids=inputs["input_ids"], swap_negatives=True)
+    assert swap.item() == pytest.approx(ce.item() + 0.5 * itc_swap.item(), rel=1e-5)
+    assert itc_swap.item() > itc.item()  # one more negative per video can only raise the loss
 
 
 def test_batch_idf_weights_count_words_that_tell_captions_apart():
@@ -70,7 +78,7 @@ def test_idf_pooling_matches_captions_by_the_words_that_differ(dtype):
     text = vocab[ids].to(dtype)
     visual = vocab[torch.tensor([6, 7])].unsqueeze(1).to(dtype)  # each video looks like its caption's own word
     mean_loss = contrastive_loss(visual, text, mask, 0.1)
-    idf_loss = contrastive_loss(visual, text, mask, 0.1, token_ids=ids)
+    idf_loss = contrastive_loss(visual, text, mask, 0.1, idf=True, token_ids=ids)
     assert idf_loss.dtype == torch.float32 and torch.isfinite(idf_loss)
     assert idf_loss.item() < 0.05 < mean_loss.item()
     # the IDF-pooled caption vector is its distinct word alone (the shared ones weigh 0)
@@ -78,7 +86,7 @@ def test_idf_pooling_matches_captions_by_the_words_that_differ(dtype):
     assert idf_loss.item() == pytest.approx(same.item(), rel=2e-2 if dtype == torch.bfloat16 else 1e-5)
     # captions that share every token fall back to the plain mean instead of a 0/0
     twins, both = torch.tensor([[1, 2], [1, 2]]), torch.ones(2, 2, dtype=torch.bool)
-    fallback = contrastive_loss(visual, vocab[twins].to(dtype), both, 0.1, token_ids=twins)
+    fallback = contrastive_loss(visual, vocab[twins].to(dtype), both, 0.1, idf=True, token_ids=twins)
     assert fallback.item() == pytest.approx(contrastive_loss(visual, vocab[twins].to(dtype), both, 0.1).item())
 
 
@@ -154,3 +162,43 @@ def test_gathered_contrastive_loss_is_the_global_batch_loss(dtype):
     torch.testing.assert_close(torch.cat([v_grad0, v_grad1]), visual.grad.float(), rtol=tol, atol=tol)
     torch.testing.assert_close(torch.cat([t_grad0, t_grad1]), text.grad.float(), rtol=tol, atol=tol)
     assert dtype0 == dtype1 == dtype
+
+
+def test_swapped_word_captions_change_one_foreign_word_of_each_caption():
+    """Each negative is its caption's pooled vector with one word (never one every caption holds)
+    replaced by a word of another caption that this caption lacks, at the same weight."""
+    torch.manual_seed(0)
+    vocab = torch.eye(12)  # one-hot embeddings: a pooled vector is the caption's bag of words
+    ids = torch.tensor([[1, 2, 3, 0], [1, 4, 5, 9], [1, 2, 6, 0], [1, 1, 1, 0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 1, 0]], dtype=torch.bool)
+    weights = mask.float()
+    for _ in range(20):
+        swapped, valid = align.swapped_word_captions(ids, mask, vocab[ids], weights)
+        assert valid.tolist() == [True, True, True, False]  # caption 3 holds only the shared word 1
+        for i in range(3):
+            bag = (vocab[ids[i]] * weights[i, :, None]).sum(0)
+            diff = swapped[i] - bag
+            assert diff.sum().item() == pytest.approx(0.0) and diff.abs().sum().item() == pytest.approx(2.0)
+            removed, added = int(diff.argmin()), int(diff.argmax())
+            assert removed in ids[i][mask[i]].tolist() and removed != 1  # a caption word, not the shared one
+            assert added not in ids[i][mask[i]].tolist() and added in ids[mask].tolist()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_swap_negatives_ask_for_every_word_not_just_the_easiest(dtype):
+    """Videos that show only their colour are told apart by colour alone; with swapped-word negatives
+    (same colour, another shape) the term also asks for the shape, and a video showing both passes."""
+    torch.manual_seed(0)
+    vocab = torch.randn(12, 32)
+    ids = torch.tensor([[1, 2, 6], [1, 3, 7], [1, 4, 8], [1, 5, 9]])  # "a <colour i> <shape i>"
+    mask, text = torch.ones(4, 3, dtype=torch.bool), vocab[ids].to(dtype)
+    colour_only = (vocab[ids[:, 1]] * 3).unsqueeze(1).to(dtype)
+    both = (vocab[ids[:, 1]] + vocab[ids[:, 2]]).mul(3).unsqueeze(1).to(dtype)
+    easy = contrastive_loss(colour_only, text, mask, 0.1, idf=True, token_ids=ids)
+    # half the swaps hit the shape word, whose negative then ties with the true caption (log 2 for that row)
+    hard = torch.stack([contrastive_loss(colour_only, text, mask, 0.1, idf=True, token_ids=ids,
+                                         swap_negatives=True) for _ in range(40)])
+    seen = torch.stack([contrastive_loss(both, text, mask, 0.1, idf=True, token_ids=ids,
+                                         swap_negatives=True) for _ in range(40)])
+    assert hard.dtype == torch.float32 and torch.isfinite(hard).all()
+    assert easy.item() < 0.01 and hard.mean().item() > 0.1 and seen.max().item() < 0.05
