@@ -43,7 +43,7 @@ def shape_frames(synth: Path):
 
 
 def build_net(kind: str, patch_size: int, size: int, pos_std: float | None = None, hidden: int = 96,
-              layers: int = 2) -> nn.Module:
+              layers: int = 2, linear_init: str = "0.02") -> nn.Module:
     if kind == "cnn":
         return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                              nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -59,6 +59,10 @@ def build_net(kind: str, patch_size: int, size: int, pos_std: float | None = Non
         vit.embeddings.position_embedding.normal_(0.0, TINY_INIT_STD if pos_std is None else pos_std)
         weight = vit.embeddings.patch_embedding.weight
         weight.normal_(0.0, weight[0].numel() ** -0.5)
+        if linear_init == "fan_in":  # every linear layer at std 1/sqrt(fan-in) instead of 0.02
+            for module in vit.encoder.modules():
+                if isinstance(module, nn.Linear):
+                    module.weight.normal_(0.0, module.weight.shape[1] ** -0.5)
 
     class ViTProbe(nn.Module):
         def __init__(self):
@@ -150,6 +154,8 @@ def main() -> int:
     parser.add_argument("--pos-std", type=float, default=None, help="ViT position embedding std (default the recipe's)")
     parser.add_argument("--hidden", type=int, default=96)
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--linear-init", choices=("0.02", "fan_in"), default="0.02",
+                        help="the ViT's linear layers: std 0.02 (the recipe's) or 1/sqrt(fan-in)")
     parser.add_argument("--captioner", default=None, help="a tune_tiny.py --save state dict: where is shape lost?")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
@@ -158,7 +164,8 @@ def main() -> int:
         return 0
     pixels, labels = shape_frames(args.synth)
     split = int(0.85 * len(labels))
-    net = build_net(args.net, args.patch_size, pixels.shape[-1], args.pos_std, args.hidden, args.layers)
+    net = build_net(args.net, args.patch_size, pixels.shape[-1], args.pos_std, args.hidden, args.layers,
+                    args.linear_init)
     optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr)
     for step in range(1, args.steps + 1):
         batch = torch.randint(0, split, (64,))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 
 from .errors import UserError
@@ -55,6 +56,8 @@ class DataCfg:
     """Captions are lower-cased, stripped of punctuation and cut to this many words."""
     num_workers: int = 2
     """DataLoader worker processes per rank (decoding runs there)."""
+    cache_mb: float = 0.0
+    """Keep decoded clips in memory, up to this many MiB per worker (0: off); for small sets, many epochs."""
     backend: str = "decord"
     """decord | pyav: the video reader."""
     decode_timeout_s: float = 30.0
@@ -281,14 +284,11 @@ def validate(cfg: RecipeCfg) -> None:
         fail("lora.r", "must be >= 1")
     if not 0 <= cfg.lora.dropout < 1:
         fail("lora.dropout", f"must be within [0, 1), got {cfg.lora.dropout}")
-    for name, value, low in (("data.frames", cfg.data.frames, 1), ("data.image_size", cfg.data.image_size, 8),
-                             ("max_nonfinite_steps", cfg.max_nonfinite_steps, 1),
-                             ("data.num_workers", cfg.data.num_workers, 0), ("data.max_words", cfg.data.max_words, 1),
-                             ("data.decode_timeout_s", cfg.data.decode_timeout_s, 0),
-                             ("eval.batch_size", cfg.eval.batch_size, 1), ("scst.samples", cfg.scst.samples, 1),
-                             ("scst.max_new_tokens", cfg.scst.max_new_tokens, 1),
-                             ("model.max_txt_len", cfg.model.max_txt_len, 1)):
-        if value < low:
+    for name, low in (("data.frames", 1), ("data.image_size", 8), ("data.num_workers", 0), ("data.max_words", 1),
+                      ("data.decode_timeout_s", 0), ("data.cache_mb", 0), ("max_nonfinite_steps", 1),
+                      ("eval.batch_size", 1), ("scst.samples", 1), ("scst.max_new_tokens", 1),
+                      ("model.max_txt_len", 1)):
+        if (value := attrgetter(name)(cfg)) < low:
             fail(name, f"must be >= {low}, got {value}")
     if cfg.model.quant and cfg.model.llm == "full":
         fail("model.quant", "cannot train a quantized LLM fully: use model.llm=lora (QLoRA) or frozen")

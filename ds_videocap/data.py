@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from .captions import normalize_caption
 from .engine import gather_objects
 from .errors import UserError
-from .video import CLIP_MEAN, CLIP_STD, VideoDecodeError, frames_to_tensor, read_frames
+from .video import CLIP_MEAN, CLIP_STD, VideoDecodeError, frames_to_tensor, read_frames, sample_indices
 
 
 class VideoCaptionDataset(Dataset):
@@ -22,6 +22,10 @@ class VideoCaptionDataset(Dataset):
     Randomness (frame sampling, crop, flip, which reference) is drawn from (seed, epoch, index), so a
     resumed run sees the same augmentation. The loader asks for (index, epoch) keys, so persistent
     workers follow the epoch; a plain int index uses `self.epoch`.
+
+    With data_cfg.cache_mb > 0 each process (each DataLoader worker) keeps whole decoded clips, up to
+    that many MiB, and samples frames from them: the same frames and pixels as decoding them anew, for
+    no decoding after the first epoch. For small sets trained over many epochs (the synthetic default).
     """
 
     epoch_keys = True  # build_loader hands this dataset (index, epoch) keys
@@ -33,6 +37,9 @@ class VideoCaptionDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.decode_threads = decode_threads
+        self.cache_bytes = int(getattr(data_cfg, "cache_mb", 0) * 2**20)
+        self.cache: dict[str, np.ndarray] = {}  # video path -> every frame, uint8 (N, size, size, 3)
+        self.cached_bytes = 0
         # Load the decoder library here, before DataLoader forks its workers: each worker importing
         # it on its first clip costs a quarter of a second per worker.
         __import__("decord" if data_cfg.backend == "decord" else "av")
@@ -51,8 +58,7 @@ class VideoCaptionDataset(Dataset):
         head = {"video_id": clip.video_id, "video": clip.video, "index": index}
         mode = cfg.train_sampling if self.train else cfg.eval_sampling
         try:
-            frames = read_frames(clip.video, mode, cfg.frames, cfg.image_size, backend=cfg.backend, rng=rng,
-                                 timeout_s=cfg.decode_timeout_s, threads=self.decode_threads)
+            frames = self._frames(clip.video, mode, rng)
         except VideoDecodeError as err:
             return {"skipped": str(err), **head}
         pixels = frames_to_tensor(frames, augment=self.train and cfg.augment, rng=rng,
@@ -61,6 +67,20 @@ class VideoCaptionDataset(Dataset):
         refs = [r for r in refs if r] or [""]
         caption = refs[int(rng.integers(len(refs)))] if self.train else refs[0]
         return {"pixel_values": pixels, "caption": caption, "references": refs, **head}
+
+    def _frames(self, video: str, mode: str, rng) -> np.ndarray:
+        cfg = self.cfg
+        decode = dict(backend=cfg.backend, timeout_s=cfg.decode_timeout_s, threads=self.decode_threads)
+        if not self.cache_bytes:
+            return read_frames(video, mode, cfg.frames, cfg.image_size, rng=rng, **decode)
+        clip = self.cache.get(video)
+        if clip is None:
+            clip = read_frames(video, "all", 1, cfg.image_size, **decode)
+            if self.cached_bytes + clip.nbytes <= self.cache_bytes:
+                self.cache[video] = clip
+                self.cached_bytes += clip.nbytes
+        # The same draws from rng as read_frames makes, so cached and decoded runs see the same frames.
+        return clip[sample_indices(mode, len(clip), cfg.frames, rng)]
 
 
 def collate_clips(samples: list) -> dict:

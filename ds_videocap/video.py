@@ -35,10 +35,13 @@ def sample_indices(mode: str, num_frames: int, T: int, rng=None) -> list:
     headtail: LAVIS's training sampling, T/2 distinct random frames from the first half and the rest
         from the second half, each half sorted. LAVIS returns 2*(T//2) frames and fails on
         1-frame videos; here an odd T gives the extra frame to the tail and short videos repeat.
-    `rng`: a numpy Generator or a seed (None: fresh entropy); unused by uniform.
+    all: every frame, T ignored (read_frames' whole-clip decode, which a frame cache keeps).
+    `rng`: a numpy Generator or a seed (None: fresh entropy); unused by uniform and all.
     """
     if num_frames < 1:
         raise VideoDecodeError("video has no frames")
+    if mode == "all":
+        return list(range(num_frames))
     if T < 1:
         raise ValueError(f"T must be >= 1, got {T}")
     if mode == "uniform":

@@ -29,6 +29,7 @@ def test_overrides_apply_and_coerce():
     ("model.tiny_sizes.patch_size=0", ["model.tiny_sizes.patch_size", "positive integer"]),
     ("model.tiny_sizes.llm_layers=true", ["model.tiny_sizes.llm_layers", "positive integer"]),
     ("model.tiny_sizes=4", ["model.tiny_sizes", "positive integer"]),
+    ("data.cache_mb=-1", ["data.cache_mb", ">= 0"]),
 ])
 def test_bad_overrides_name_the_field(override, words):
     if not words:

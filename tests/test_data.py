@@ -186,3 +186,26 @@ def test_persistent_workers_follow_the_epoch(clips):
     assert not torch.equal(first, pixels(1))
     assert torch.equal(first, pixels(0))
     assert torch.equal(first[0], ds[(0, 0)]["pixel_values"])
+
+
+@pytest.mark.parametrize("sampling", ["random_segment", "headtail", "uniform"])
+def test_frame_cache_gives_the_decoded_pixels(clips, sampling):
+    """data.cache_mb: samples from kept whole clips equal freshly decoded ones, epoch after epoch."""
+    plain = VideoCaptionDataset(clips[:3], cfg(train_sampling=sampling), train=True, seed=3)
+    cached = VideoCaptionDataset(clips[:3], cfg(train_sampling=sampling, cache_mb=64), train=True, seed=3)
+    for epoch in range(3):
+        for index in range(3):
+            a, b = plain[(index, epoch)], cached[(index, epoch)]
+            assert torch.equal(a["pixel_values"], b["pixel_values"]) and a["caption"] == b["caption"]
+    assert len(cached.cache) == 3 and cached.cached_bytes == sum(c.nbytes for c in cached.cache.values())
+    assert next(iter(cached.cache.values())).shape[1:] == (32, 32, 3)
+
+
+def test_frame_cache_stays_within_its_budget_and_still_skips_bad_videos(clips):
+    one_clip = 8 * 32 * 32 * 3  # clip v0: 8 frames of 32x32 RGB
+    ds = VideoCaptionDataset(clips, cfg(cache_mb=1.5 * one_clip / 2**20), train=True)
+    samples = [ds[(i, 0)] for i in range(4)]
+    assert list(ds.cache) == [clips[0].video] and ds.cached_bytes == one_clip  # v1, v2 do not fit
+    assert all("pixel_values" in s for s in samples[:3]) and "not found" in samples[3]["skipped"]
+    assert torch.equal(ds[(1, 1)]["pixel_values"], VideoCaptionDataset(clips, cfg(), train=True)[(1, 1)]["pixel_values"])
+
