@@ -25,7 +25,8 @@ class VideoCaptionDataset(Dataset):
 
     With data_cfg.cache_mb > 0 each process (each DataLoader worker) keeps whole decoded clips, up to
     that many MiB, and samples frames from them: the same frames and pixels as decoding them anew, for
-    no decoding after the first epoch. For small sets trained over many epochs (the synthetic default).
+    no decoding after the first epochs. For small sets trained over many epochs (the synthetic default);
+    once a clip does not fit, clips not yet kept are decoded as without the cache.
     """
 
     epoch_keys = True  # build_loader hands this dataset (index, epoch) keys
@@ -37,9 +38,10 @@ class VideoCaptionDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.decode_threads = decode_threads
-        self.cache_bytes = int(getattr(data_cfg, "cache_mb", 0) * 2**20)
+        self.cache_bytes = int(data_cfg.cache_mb * 2**20)
         self.cache: dict[str, np.ndarray] = {}  # video path -> every frame, uint8 (N, size, size, 3)
         self.cached_bytes = 0
+        self.cache_full = False  # a clip did not fit: the rest are decoded as without the cache
         # Load the decoder library here, before DataLoader forks its workers: each worker importing
         # it on its first clip costs a quarter of a second per worker.
         __import__("decord" if data_cfg.backend == "decord" else "av")
@@ -71,14 +73,17 @@ class VideoCaptionDataset(Dataset):
     def _frames(self, video: str, mode: str, rng) -> np.ndarray:
         cfg = self.cfg
         decode = dict(backend=cfg.backend, timeout_s=cfg.decode_timeout_s, threads=self.decode_threads)
-        if not self.cache_bytes:
-            return read_frames(video, mode, cfg.frames, cfg.image_size, rng=rng, **decode)
         clip = self.cache.get(video)
         if clip is None:
+            # Once full, a whole-clip decode (of a long real video, say) would only be thrown away.
+            if not self.cache_bytes or self.cache_full:
+                return read_frames(video, mode, cfg.frames, cfg.image_size, rng=rng, **decode)
             clip = read_frames(video, "all", 1, cfg.image_size, **decode)
             if self.cached_bytes + clip.nbytes <= self.cache_bytes:
                 self.cache[video] = clip
                 self.cached_bytes += clip.nbytes
+            else:
+                self.cache_full = True
         # The same draws from rng as read_frames makes, so cached and decoded runs see the same frames.
         return clip[sample_indices(mode, len(clip), cfg.frames, rng)]
 

@@ -206,6 +206,7 @@ def test_frame_cache_stays_within_its_budget_and_still_skips_bad_videos(clips):
     ds = VideoCaptionDataset(clips, cfg(cache_mb=1.5 * one_clip / 2**20), train=True)
     samples = [ds[(i, 0)] for i in range(4)]
     assert list(ds.cache) == [clips[0].video] and ds.cached_bytes == one_clip  # v1, v2 do not fit
+    assert ds.cache_full  # v1 did not fit, so v2 and the rest were decoded without the cache
     assert all("pixel_values" in s for s in samples[:3]) and "not found" in samples[3]["skipped"]
     decoded = VideoCaptionDataset(clips, cfg(), train=True)
     assert torch.equal(ds[(1, 1)]["pixel_values"], decoded[(1, 1)]["pixel_values"])
