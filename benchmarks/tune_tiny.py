@@ -94,6 +94,13 @@ def build(args):
             w = model.hf.vision_model.embeddings.patch_embedding.weight
             std = args.patch_std if args.patch_std > 0 else 1.0 / math.sqrt(w[0].numel())  # <=0: fan-in
             w.copy_(torch.randn(w.shape, generator=g) * std)
+    if args.linear_init == "fan_in":  # nn.Linear weights at std 1/sqrt(fan-in) instead of the configs' 0.02
+        parts = {"vit": ("vision_model",), "vit_qformer": ("vision_model", "qformer"),
+                 "all": ("vision_model", "qformer", "language_projection", "language_model")}[args.linear_init_scope]
+        with torch.no_grad():
+            for name, m in model.hf.named_modules():
+                if isinstance(m, torch.nn.Linear) and name.startswith(parts) and not name.endswith("lm_head"):
+                    m.weight.copy_(torch.randn(m.weight.shape, generator=g) * m.weight.shape[1] ** -0.5)
     if args.xattn_std is not None:  # sharper initial Q-Former cross-attention (query/key projections)
         with torch.no_grad():
             for name, w in model.hf.qformer.named_parameters():
@@ -180,6 +187,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pos-std", type=float, default=None, help="re-draw the ViT position embedding")
     p.add_argument("--frame-std", type=float, default=None, help="re-draw the frame-index embedding")
     p.add_argument("--patch-std", type=float, default=None, help="re-draw the patch embedding (<=0: 1/sqrt(fan_in))")
+    p.add_argument("--linear-init", default="0.02", choices=("0.02", "fan_in"))
+    p.add_argument("--linear-init-scope", default="vit", choices=("vit", "vit_qformer", "all"))
     p.add_argument("--xattn-std", type=float, default=None, help="re-draw Q-Former cross-attention q/k")
     p.add_argument("--dropout", type=float, default=None, help="every dropout p (nn.Dropout, OPT's floats)")
     p.add_argument("--no-frame-embedding", action="store_true")
@@ -189,6 +198,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--itc-weight", type=float, default=0.0, help="contrastive term in CE (ds_videocap/align.py)")
     p.add_argument("--itc-temperature", type=float, default=0.1)
     p.add_argument("--itc-pool", default="mean", help="caption pooling of the contrastive term: mean | idf")
+    p.add_argument("--itc-all-refs", action="store_true", help="contrastive text side: mean over all references")
     p.add_argument("--itc-swap", action="store_true", help="swapped-word caption negatives (ce.itc_swap_negatives)")
     p.add_argument("--scst-steps", type=int, default=0)
     p.add_argument("--scst-lr", type=float, default=2e-5)
@@ -259,8 +269,9 @@ def main():
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, args.warmup, args.lr, args.min_lr) * g["lr_mult"]
             inputs = model.encode_text(caps)
+            all_refs = model.encode_references([refs[i] for i in idx]) if args.itc_all_refs else None
             loss = model(pixel_values=px, **inputs, itc_weight=args.itc_weight, itc_temperature=args.itc_temperature,
-                         itc_text_pool=args.itc_pool, itc_swap_negatives=args.itc_swap)
+                         itc_text_pool=args.itc_pool, itc_swap_negatives=args.itc_swap, itc_references=all_refs)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -68,9 +68,33 @@ def swapped_word_captions(token_ids: torch.Tensor, mask: torch.Tensor, text_embe
     return swapped, has_word & foreign.any(1)
 
 
+def reference_vectors(ref_ids: torch.Tensor, ref_mask: torch.Tensor, owner: torch.Tensor, videos: int,
+                      embed: Callable, idf: bool = False) -> torch.Tensor:
+    """(videos, D) unit text vectors, each the mean of its video's reference captions' unit vectors.
+
+    Why: where a clip's references name one thing with different words ("a disk", "a ball", "a circle"),
+    one sampled reference per clip gives two clips of one shape unrelated text vectors, and the term
+    then asks the videos to differ where they do not. The mean over all references holds each word's
+    share of the set's wording, the same for every clip of that content. `owner` (R,) is the video
+    index of each reference row (every video owns at least one); `embed` the LLM's input embedding.
+    Each caption vector is its token weights times the embeddings of the distinct tokens, so the
+    embedding runs once per distinct token rather than once per position of every reference.
+    """
+    m = ref_mask.float()
+    if idf:
+        w = batch_idf_weights(ref_ids, ref_mask)
+        m = torch.where(w.sum(1, keepdim=True) > 0, w, m)
+    distinct, inverse = torch.unique(ref_ids, return_inverse=True)
+    weights = torch.zeros(ref_ids.shape[0], distinct.numel(), device=m.device).scatter_add_(1, inverse, m)
+    per_ref = F.normalize(weights @ embed(distinct).float(), dim=-1)
+    summed = torch.zeros(videos, per_ref.shape[1], device=per_ref.device).index_add_(0, owner, per_ref)
+    return F.normalize(summed, dim=-1)
+
+
 def contrastive_loss(visual: torch.Tensor, text_embeds: torch.Tensor, text_mask: torch.Tensor,
                      temperature: float, gather: Callable | None = None, idf: bool = False,
-                     token_ids: torch.Tensor | None = None, swap_negatives: bool = False) -> torch.Tensor:
+                     token_ids: torch.Tensor | None = None, swap_negatives: bool = False,
+                     references: dict | None = None, embed: Callable | None = None) -> torch.Tensor:
     """Symmetric InfoNCE: video i should pick caption i among the captions, and caption i video i.
 
     visual (B, N, D) visual tokens; text_embeds (B, L, D) caption token embeddings; text_mask (B, L)
@@ -82,7 +106,9 @@ def contrastive_loss(visual: torch.Tensor, text_embeds: torch.Tensor, text_mask:
     `token_ids` (B, L): the caption tokens, needed by the two options. `idf`: pool the caption with
     batch_idf_weights instead of a plain mean (a caption whose tokens every caption shares falls back to
     the mean). `swap_negatives`: each video's own caption with one word swapped (swapped_word_captions)
-    is one more negative for that video.
+    is one more negative for that video. `references` {"input_ids" (R, L'), "attention_mask", "owner"
+    (R,)} with `embed` (the LLM's input embedding): every reference caption of each video, the text side
+    then their mean (reference_vectors); the swapped-word negative still comes from the sampled caption.
     """
     v = F.normalize(visual.float().mean(1), dim=-1)
     m = text_mask.float()
@@ -90,7 +116,12 @@ def contrastive_loss(visual: torch.Tensor, text_embeds: torch.Tensor, text_mask:
         w = batch_idf_weights(token_ids, text_mask)
         m = torch.where(w.sum(1, keepdim=True) > 0, w, m)
     m = m.to(text_embeds.dtype)
-    t = F.normalize(((text_embeds * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True).clamp(min=1)).float(), dim=-1)
+    if references is None:
+        t = F.normalize(((text_embeds * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True).clamp(min=1)).float(),
+                        dim=-1)
+    else:
+        t = reference_vectors(references["input_ids"], references["attention_mask"], references["owner"],
+                              v.shape[0], embed, idf=idf)
     v_all, t_all, offset = v, t, 0
     if gather is not None:
         (v_all, offset), (t_all, _) = gather(v), gather(t)

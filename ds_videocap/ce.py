@@ -15,6 +15,8 @@ def ce_step(engine, batch: dict, ctx):
                itc_across_ranks=ctx.ce.itc_across_ranks,
                itc_text_pool=ctx.ce.itc_text_pool,
                itc_swap_negatives=ctx.ce.itc_swap_negatives) if ctx.ce is not None else {}
+    if ctx.ce is not None and ctx.ce.itc_weight and ctx.ce.itc_all_references:
+        itc["itc_references"] = model.encode_references(batch["references"])
     loss = engine(pixel_values=pixel_values, **inputs, **itc)
     # logged next to `loss` (their weighted sum), so that a rising contrastive term cannot hide a
     # falling caption loss or the reverse

@@ -139,6 +139,7 @@ class CECfg:
     itc_across_ranks: bool = True  # every rank's videos and captions are the negatives (BLIP-2's ITC)
     itc_text_pool: str = "mean"  # the caption vector: the mean token embedding, or "idf"-weighted (align.py)
     itc_swap_negatives: bool = False  # each video's caption with one word swapped is a negative too (align.py)
+    itc_all_references: bool = False  # text side: the mean over all of a video's references (align.py)
 
 
 @dataclass
@@ -278,8 +279,7 @@ def validate(cfg: RecipeCfg) -> None:
     if cfg.scst.temperature <= 0:
         fail("scst.temperature", "must be > 0")
     if cfg.ce.itc_weight < 0 or cfg.ce.itc_temperature <= 0:
-        fail("ce.itc_weight", f"needs itc_weight >= 0 and itc_temperature > 0, got {cfg.ce.itc_weight}, "
-             f"{cfg.ce.itc_temperature}")
+        fail("ce.itc_weight", f"needs >= 0 and itc_temperature > 0: {cfg.ce.itc_weight}, {cfg.ce.itc_temperature}")
     if cfg.lora.r < 1:
         fail("lora.r", "must be >= 1")
     if not 0 <= cfg.lora.dropout < 1:

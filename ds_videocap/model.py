@@ -62,18 +62,21 @@ class VideoCaptioner(nn.Module):
 
     def encode_text(self, captions: list[str]) -> dict:
         """Caption targets: ids end with the stop token, padding is pad id and -100 in labels."""
-        rows = []
-        for caption in captions:
-            ids = self.tokenizer(caption, add_special_tokens=False).input_ids[: self.max_txt_len - 1]
-            rows.append(ids + [self.stop_ids[0]])
+        # one batched call: the fast tokenizer's per-call overhead is most of its cost on short captions
+        encoded = self.tokenizer(list(captions), add_special_tokens=False).input_ids if captions else []
+        rows = [ids[: self.max_txt_len - 1] + [self.stop_ids[0]] for ids in encoded]
         width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, ids in enumerate(rows):
-            input_ids[i, : len(ids)] = torch.tensor(ids)
-            attention_mask[i, : len(ids)] = 1
+        input_ids = torch.tensor([r + [self.pad_id] * (width - len(r)) for r in rows], dtype=torch.long)
+        attention_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long)
         labels = input_ids.masked_fill(attention_mask == 0, -100)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    def encode_references(self, references: list[list[str]]) -> dict:
+        """Every reference caption of each video, one row each, and `owner`: the video of each row."""
+        rows = [c for refs in references for c in refs]
+        owner = torch.tensor([i for i, refs in enumerate(references) for _ in refs], dtype=torch.long)
+        encoded = self.encode_text(rows)
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], "owner": owner}
 
     def decode(self, sequences: torch.Tensor) -> list[str]:
         texts = []
@@ -169,12 +172,15 @@ class VideoCaptioner(nn.Module):
 
     def forward(self, pixel_values, input_ids=None, attention_mask=None, labels=None, sequences=None,
                 generate_kwargs: dict | None = None, itc_weight: float = 0.0, itc_temperature: float = 0.1,
-                itc_across_ranks: bool = False, itc_text_pool: str = "mean", itc_swap_negatives: bool = False):
+                itc_across_ranks: bool = False, itc_text_pool: str = "mean", itc_swap_negatives: bool = False,
+                itc_references: dict | None = None):
         """Mean cross-entropy over caption tokens (labels -100 ignored): a scalar; plus itc_weight x the
         video-text contrastive loss over the batch (align.py) when itc_weight > 0, with every rank's
         videos and captions as negatives when itc_across_ranks (then every rank must call it), and the
         caption pooled by its tokens' batch IDF when itc_text_pool is "idf" (align.batch_idf_weights),
-        and each video's caption with one word swapped as one more negative when itc_swap_negatives.
+        and each video's caption with one word swapped as one more negative when itc_swap_negatives;
+        itc_references ({"input_ids", "attention_mask", "owner"}: every reference of each video, as
+        encode_references gives) makes the text side the mean over a video's references.
 
         The same call serves the other two uses, so that under ZeRO-3 they can run through the
         engine (`engine(pixels, sequences=s)`): only inside the engine's forward does DeepSpeed
@@ -200,8 +206,10 @@ class VideoCaptioner(nn.Module):
         gather = gather_rows if itc_across_ranks and world_size() > 1 else None
         if itc_weight and (gather is not None or visual.shape[0] > 1):
             text = self.language_model.get_input_embeddings()(input_ids)
+            refs = None if itc_references is None else {k: v.to(visual.device) for k, v in itc_references.items()}
             itc = contrastive_loss(visual, text, caption_mask, itc_temperature, gather, idf=itc_text_pool == "idf",
-                                   token_ids=input_ids, swap_negatives=itc_swap_negatives)
+                                   token_ids=input_ids, swap_negatives=itc_swap_negatives, references=refs,
+                                   embed=self.language_model.get_input_embeddings())
             self.last_loss_parts["itc_loss"] = itc.detach()
             loss = loss + itc_weight * itc
         return loss

@@ -202,3 +202,54 @@ def test_swap_negatives_ask_for_every_word_not_just_the_easiest(dtype):
                                          swap_negatives=True) for _ in range(40)])
     assert hard.dtype == torch.float32 and torch.isfinite(hard).all()
     assert easy.item() < 0.01 and hard.mean().item() > 0.1 and seen.max().item() < 0.05
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_all_references_give_one_shape_one_text_vector_whatever_its_name(dtype):
+    """Two clips of one content, each described once by each of two synonyms: one sampled reference can
+    give them different text vectors; the mean over all their references gives them the same one."""
+    g = torch.Generator().manual_seed(2)
+    table = torch.nn.Embedding(10, 16).to(dtype)
+    with torch.no_grad():
+        table.weight.copy_(torch.randn(10, 16, generator=g).to(dtype))
+    # ids: 1 = "a", 2 = "red", 3 / 4 = "disk" / "ball", 5 = "box"; clip 0 and 1 are red circles, clip 2 a box
+    ids = torch.tensor([[1, 2, 3, 0], [1, 2, 4, 0], [1, 2, 4, 0], [1, 2, 3, 0], [1, 2, 5, 5], [1, 2, 5, 0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 0]]).bool()
+    owner = torch.tensor([0, 0, 1, 1, 2, 2])
+    t = align.reference_vectors(ids, mask, owner, 3, table)
+    assert t.dtype == torch.float32 and t.shape == (3, 16)
+    assert torch.allclose(t.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert F.cosine_similarity(t[0], t[1], dim=0) > 0.999  # the same words, in another order of references
+    # each row is the normalised mean of the normalised weighted-mean token embeddings of its references
+    e = table.weight.float()
+    per_ref = F.normalize(torch.stack([e[r[m]].mean(0) for r, m in zip(ids, mask)]), dim=-1)
+    expected = F.normalize(torch.stack([per_ref[owner == i].mean(0) for i in range(3)]), dim=-1)
+    assert torch.allclose(t, expected, atol=1e-5)
+    # the contrastive term uses them as its text side (the sampled captions then only feed the swap)
+    visual = expected.unsqueeze(1).to(dtype)
+    sampled = table(ids[[0, 2, 4]])
+    refs = {"input_ids": ids, "attention_mask": mask, "owner": owner}
+    loss = contrastive_loss(visual, sampled, mask[[0, 2, 4]], 0.1, references=refs, embed=table)
+    direct = F.cross_entropy(visual.float().squeeze(1) @ expected.T / 0.1, torch.arange(3))
+    assert loss.item() == pytest.approx(direct.item(), rel=2e-2 if dtype == torch.bfloat16 else 1e-5)
+    # IDF over all references: "a" and "red" (in every reference) weigh nothing
+    idf = align.reference_vectors(ids, mask, owner, 3, table, idf=True)
+    assert F.cosine_similarity(idf[0], idf[2], dim=0) < F.cosine_similarity(t[0], t[2], dim=0)
+
+
+def test_forward_with_all_references_backpropagates_to_the_embeddings(tiny_folders):
+    model = load(tiny_folders["opt"], frame_embedding=True, vit="full", llm="full")
+    model.eval()
+    pixels, inputs = frames(batch=2, t=2), model.encode_text(CAPTIONS[:2])
+    refs = model.encode_references([CAPTIONS[0:3], CAPTIONS[3:5]])
+    assert refs["owner"].tolist() == [0, 0, 0, 1, 1] and refs["input_ids"].shape[0] == 5
+    ce = model(pixels, **inputs)
+    loss = model(pixels, **inputs, itc_weight=0.5, itc_temperature=0.1, itc_references=refs)
+    embed = model.language_model.get_input_embeddings()
+    t = align.reference_vectors(refs["input_ids"], refs["attention_mask"].bool(), refs["owner"], 2, embed)
+    v = F.normalize(model.encode_visual(pixels).float().mean(1), dim=-1)
+    itc = 0.5 * (F.cross_entropy(v @ t.T / 0.1, torch.arange(2)) + F.cross_entropy(t @ v.T / 0.1, torch.arange(2)))
+    assert loss.item() == pytest.approx(ce.item() + 0.5 * itc.item(), rel=1e-5)
+    loss.backward()
+    row = refs["input_ids"][4, 2]  # a token of the last reference only: the term reached its embedding
+    assert embed.weight.grad[row].abs().sum() > 0
