@@ -205,11 +205,11 @@ class VideoCaptioner(nn.Module):
         # the CE phase's auxiliary term (align.py), off by default; gathered, every rank joins the collective
         gather = gather_rows if itc_across_ranks and world_size() > 1 else None
         if itc_weight and (gather is not None or visual.shape[0] > 1):
-            text = self.language_model.get_input_embeddings()(input_ids)
+            embed = self.language_model.get_input_embeddings()
             refs = None if itc_references is None else {k: v.to(visual.device) for k, v in itc_references.items()}
-            itc = contrastive_loss(visual, text, caption_mask, itc_temperature, gather, idf=itc_text_pool == "idf",
-                                   token_ids=input_ids, swap_negatives=itc_swap_negatives, references=refs,
-                                   embed=self.language_model.get_input_embeddings())
+            itc = contrastive_loss(visual, embed(input_ids), caption_mask, itc_temperature, gather,
+                                   idf=itc_text_pool == "idf", token_ids=input_ids, swap_negatives=itc_swap_negatives,
+                                   references=refs, embed=embed)
             self.last_loss_parts["itc_loss"] = itc.detach()
             loss = loss + itc_weight * itc
         return loss
