@@ -199,6 +199,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--itc-temperature", type=float, default=0.1)
     p.add_argument("--itc-pool", default="mean", help="caption pooling of the contrastive term: mean | idf")
     p.add_argument("--itc-all-refs", action="store_true", help="contrastive text side: mean over all references")
+    p.add_argument("--itc-text-side", default="embedding", help="embedding | detached | random (align.py)")
     p.add_argument("--itc-swap", action="store_true", help="swapped-word caption negatives (ce.itc_swap_negatives)")
     p.add_argument("--scst-steps", type=int, default=0)
     p.add_argument("--scst-lr", type=float, default=2e-5)
@@ -271,7 +272,8 @@ def main():
             inputs = model.encode_text(caps)
             all_refs = model.encode_references([refs[i] for i in idx]) if args.itc_all_refs else None
             loss = model(pixel_values=px, **inputs, itc_weight=args.itc_weight, itc_temperature=args.itc_temperature,
-                         itc_text_pool=args.itc_pool, itc_swap_negatives=args.itc_swap, itc_references=all_refs)
+                         itc_text_pool=args.itc_pool, itc_swap_negatives=args.itc_swap, itc_references=all_refs,
+                         itc_text_side=args.itc_text_side)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

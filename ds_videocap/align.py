@@ -12,9 +12,41 @@ saved or exported model is the same model). With a frozen LLM only the visual si
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
+
+TEXT_SIDES = ("embedding", "detached", "random")
+RANDOM_TEXT_SEED = 0  # the "random" text side's table: the same on every rank, run and resume
+
+
+@lru_cache(maxsize=4)
+def _random_token_table(vocab: int, dim: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(RANDOM_TEXT_SEED)
+    return torch.randn(vocab, dim, generator=g) * dim ** -0.5
+
+
+def text_token_vectors(side: str, embed: torch.nn.Embedding) -> Callable:
+    """ids -> the token vectors the text side pools, for `side` in TEXT_SIDES.
+
+    embedding: the LLM's input embedding, which the term trains as well. detached: the same vectors
+    with no gradient from the term. random: a fixed random vector per token id (not trained, not saved).
+    Why the last two: the term is minimised as much by making the captions of two contents the videos
+    cannot yet tell apart alike (their words' embeddings pulled together) as by making the videos
+    differ; a text side the term cannot move leaves only the second. With random vectors, words that
+    differ always give different captions (96-d random vectors are nearly orthogonal), synonyms included,
+    so the text side does not wait for the LLM to learn which words name different things
+    (benchmarks/README.md, eighth round).
+    """
+    if side == "embedding":
+        return embed
+    if side == "detached":
+        return lambda ids: embed(ids).detach()
+    if side != "random":
+        raise ValueError(f"text side must be one of {TEXT_SIDES}, got {side!r}")
+    table = _random_token_table(embed.num_embeddings, embed.embedding_dim)
+    return lambda ids: F.embedding(ids, table.to(ids.device))
 
 
 def _presence(token_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

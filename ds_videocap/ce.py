@@ -11,10 +11,10 @@ def ce_step(engine, batch: dict, ctx):
     inputs = {k: v.to(ctx.device) for k, v in model.encode_text(batch["captions"]).items()}
     pixel_values = batch["pixel_values"].to(ctx.device, ctx.dtype)
     # The contrastive term runs inside the engine's forward: under ZeRO-3 parameters exist only there.
-    itc = dict(itc_weight=ctx.ce.itc_weight, itc_temperature=ctx.ce.itc_temperature,
-               itc_across_ranks=ctx.ce.itc_across_ranks,
-               itc_text_pool=ctx.ce.itc_text_pool,
-               itc_swap_negatives=ctx.ce.itc_swap_negatives) if ctx.ce is not None else {}
+    ce = ctx.ce
+    itc = dict(itc_weight=ce.itc_weight, itc_temperature=ce.itc_temperature, itc_across_ranks=ce.itc_across_ranks,
+               itc_text_pool=ce.itc_text_pool, itc_swap_negatives=ce.itc_swap_negatives,
+               itc_text_side=ce.itc_text_side) if ce is not None else {}
     if ctx.ce is not None and ctx.ce.itc_weight and ctx.ce.itc_all_references:
         itc["itc_references"] = model.encode_references(batch["references"])
     loss = engine(pixel_values=pixel_values, **inputs, **itc)

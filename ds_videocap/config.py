@@ -124,8 +124,7 @@ class CECfg:
     warmup_steps: int = 100
     weight_decay: float = 0.05
     betas: list = field(default_factory=lambda: [0.9, 0.999])
-    eval_every: int = 0
-    """Validate every N steps (0: only at the end)."""
+    eval_every: int = 0  # validate every N steps (0: only at the end)
     log_every: int = 10
     save_every: int = 0
     """Checkpoint every N steps (0: only at the end)."""
@@ -133,13 +132,13 @@ class CECfg:
     """Checkpoints kept (the best by validation CIDEr is kept as well)."""
     micro_batch: int | None = None
     """Per-rank micro-batch; None takes train_micro_batch_size_per_gpu from the JSON."""
-    itc_weight: float = 0.0
-    """Add this much video-text contrastive loss (align.py) to the caption loss; 0 is off."""
+    itc_weight: float = 0.0  # this much video-text contrastive loss (align.py) added to the caption loss; 0: off
     itc_temperature: float = 0.1
     itc_across_ranks: bool = True  # every rank's videos and captions are the negatives (BLIP-2's ITC)
     itc_text_pool: str = "mean"  # the caption vector: the mean token embedding, or "idf"-weighted (align.py)
     itc_swap_negatives: bool = False  # each video's caption with one word swapped is a negative too (align.py)
     itc_all_references: bool = False  # text side: the mean over all of a video's references (align.py)
+    itc_text_side: str = "embedding"  # the text side's token vectors: the LLM's embedding, "detached", "random"
 
 
 @dataclass
@@ -226,6 +225,7 @@ CHOICES = {
     "scst.baseline": ("mean_others", "greedy", "beam_mean"),
     "scst.advantage": ("raw", "group_norm"),
     "ce.itc_text_pool": ("mean", "idf"),
+    "ce.itc_text_side": ("embedding", "detached", "random"),
 }
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .align import contrastive_loss
+from .align import contrastive_loss, text_token_vectors
 from .engine import gather_rows, world_size
 
 FUSIONS = ("concat", "per_frame")
@@ -173,14 +173,15 @@ class VideoCaptioner(nn.Module):
     def forward(self, pixel_values, input_ids=None, attention_mask=None, labels=None, sequences=None,
                 generate_kwargs: dict | None = None, itc_weight: float = 0.0, itc_temperature: float = 0.1,
                 itc_across_ranks: bool = False, itc_text_pool: str = "mean", itc_swap_negatives: bool = False,
-                itc_references: dict | None = None):
+                itc_references: dict | None = None, itc_text_side: str = "embedding"):
         """Mean cross-entropy over caption tokens (labels -100 ignored): a scalar; plus itc_weight x the
         video-text contrastive loss over the batch (align.py) when itc_weight > 0, with every rank's
         videos and captions as negatives when itc_across_ranks (then every rank must call it), and the
         caption pooled by its tokens' batch IDF when itc_text_pool is "idf" (align.batch_idf_weights),
         and each video's caption with one word swapped as one more negative when itc_swap_negatives;
         itc_references ({"input_ids", "attention_mask", "owner"}: every reference of each video, as
-        encode_references gives) makes the text side the mean over a video's references.
+        encode_references gives) makes the text side the mean over a video's references, and
+        itc_text_side picks the token vectors it pools (align.text_token_vectors).
 
         The same call serves the other two uses, so that under ZeRO-3 they can run through the
         engine (`engine(pixels, sequences=s)`): only inside the engine's forward does DeepSpeed
@@ -205,7 +206,7 @@ class VideoCaptioner(nn.Module):
         # the CE phase's auxiliary term (align.py), off by default; gathered, every rank joins the collective
         gather = gather_rows if itc_across_ranks and world_size() > 1 else None
         if itc_weight and (gather is not None or visual.shape[0] > 1):
-            embed = self.language_model.get_input_embeddings()
+            embed = text_token_vectors(itc_text_side, self.language_model.get_input_embeddings())
             refs = None if itc_references is None else {k: v.to(visual.device) for k, v in itc_references.items()}
             itc = contrastive_loss(visual, embed(input_ids), caption_mask, itc_temperature, gather,
                                    idf=itc_text_pool == "idf", token_ids=input_ids, swap_negatives=itc_swap_negatives,

@@ -104,6 +104,7 @@ def test_group_norm_advantages_scale_each_video_by_its_spread():
 @pytest.mark.parametrize("override, field", [("ce.itc_weight=-1", "ce.itc_weight"),
                                              ("ce.itc_temperature=0", "ce.itc_weight"),
                                              ("ce.itc_text_pool=max", "ce.itc_text_pool"),
+                                             ("ce.itc_text_side=frozen", "ce.itc_text_side"),
                                              ("scst.advantage=grpo", "scst.advantage")])
 def test_recipe_rejects_bad_alignment_and_advantage_keys(override, field):
     from ds_videocap.config import ConfigError
@@ -253,3 +254,48 @@ def test_forward_with_all_references_backpropagates_to_the_embeddings(tiny_folde
     loss.backward()
     row = refs["input_ids"][4, 2]  # a token of the last reference only: the term reached its embedding
     assert embed.weight.grad[row].abs().sum() > 0
+
+
+def test_random_text_side_is_one_fixed_table_whatever_the_embedding():
+    embed = torch.nn.Embedding(50, 16)
+    first = align.text_token_vectors("random", embed)(torch.arange(50))
+    with torch.no_grad():
+        embed.weight.mul_(3.0)  # the LLM's embedding moves; the random table does not
+    again = align.text_token_vectors("random", torch.nn.Embedding(50, 16))(torch.arange(50))
+    assert torch.equal(first, again) and not first.requires_grad
+    unit = F.normalize(first, dim=-1)
+    off_diagonal = (unit @ unit.T - torch.eye(50)).abs()
+    assert off_diagonal.max() < 0.9 and off_diagonal.mean() < 0.3  # distinct words, distinct directions
+    detached = align.text_token_vectors("detached", embed)(torch.arange(5))
+    assert torch.equal(detached, embed(torch.arange(5))) and not detached.requires_grad
+    with pytest.raises(ValueError, match="text side"):
+        align.text_token_vectors("frozen", embed)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("side", ["detached", "random"])
+def test_a_text_side_the_term_cannot_move_trains_only_the_video_side(tiny_folders, side, dtype):
+    model = load(tiny_folders["opt"], frame_embedding=True, vit="full", llm="full").to(dtype)
+    model.eval()
+    pixels, inputs = frames(batch=3, t=2).to(dtype), model.encode_text(CAPTIONS[:3])
+    refs = model.encode_references([CAPTIONS[0:2], CAPTIONS[2:4], CAPTIONS[4:6]])
+    embed = model.language_model.get_input_embeddings()
+    kw = dict(itc_weight=1.0, itc_temperature=0.1, itc_references=refs, itc_text_pool="idf")
+    # the term's value: the same formula over the chosen token vectors
+    loss = model(pixels, **inputs, **kw, itc_text_side=side)
+    ce = model(pixels, **inputs)
+    tokens = align.text_token_vectors(side, embed)
+    t = align.reference_vectors(refs["input_ids"], refs["attention_mask"].bool(), refs["owner"], 3, tokens, idf=True)
+    v = F.normalize(model.encode_visual(pixels).float().mean(1), dim=-1)
+    itc = 0.5 * (F.cross_entropy(v @ t.T / 0.1, torch.arange(3)) + F.cross_entropy(t @ v.T / 0.1, torch.arange(3)))
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert loss.float().item() == pytest.approx(ce.float().item() + itc.item(), rel=tol)
+    # the gradient: the term moves the vision side and leaves the LLM's embedding to the caption loss
+    patch = model.hf.vision_model.embeddings.patch_embedding.weight
+    with_term = torch.autograd.grad(loss, [embed.weight, patch])
+    caption_only = torch.autograd.grad(ce, [embed.weight, patch])
+    assert not torch.allclose(with_term[1].float(), caption_only[1].float())
+    assert torch.allclose(with_term[0].float(), caption_only[0].float(), atol=1e-6 if dtype == torch.float32 else 1e-3)
+    # the control: the trainable text side does get the term's gradient
+    trained = torch.autograd.grad(model(pixels, **inputs, **kw, itc_text_side="embedding"), embed.weight)[0]
+    assert not torch.allclose(trained.float(), caption_only[0].float(), atol=1e-3)
