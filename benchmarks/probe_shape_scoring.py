@@ -2,6 +2,8 @@
 
     python benchmarks/probe_shape_scoring.py RUN_DIR [--checkpoint TAG] [--split test]
 
+RUN_DIR alone scores the run's best checkpoint (as `ds-videocap eval --checkpoint RUN_DIR` does).
+
 For every single-object clip of the split, each reference caption is re-written with every shape noun
 of the synthetic set (circle, ball, disk, ..., box, ..., wedge) and scored by the model, teacher-forced
 (the sum of its tokens' log-probs). The model's shape is then read two ways:
@@ -25,26 +27,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ds_videocap.annotations import read_annotations  # noqa: E402
-from ds_videocap.build import build_model  # noqa: E402
-from ds_videocap.checkpoints import read_full_state_dict  # noqa: E402
-from ds_videocap.recipe_io import load_recipe  # noqa: E402
+from ds_videocap.evaluate import load_captioner  # noqa: E402
 from ds_videocap.synth_captions import SHAPE_WORDS  # noqa: E402
 from ds_videocap.video import frames_to_tensor, read_frames  # noqa: E402
 
 NOUNS = [(shape, word) for shape, words in SHAPE_WORDS.items() for word in words]
 # longest first, so "round shape" is found before a bare "shape" could be
 _NOUN_RE = re.compile("|".join(re.escape(w) for _, w in sorted(NOUNS, key=lambda n: -len(n[1]))))
-
-
-def load(run: Path, tag: str | None):
-    cfg = load_recipe(str(run / "config.yaml"))
-    cfg.model.path, cfg.model.tiny = str(run / "init_model"), None
-    model = build_model(cfg.model, cfg.lora)
-    ckpt = run / "checkpoints" / (tag or (run / "checkpoints" / "latest").read_text().strip())
-    missing, unexpected = model.load_state_dict(read_full_state_dict(ckpt), strict=False)
-    if unexpected or [m for m in missing if "lm_head" not in m]:
-        raise SystemExit(f"{ckpt}: state dict does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    return model.eval(), cfg, ckpt
 
 
 @torch.no_grad()
@@ -54,7 +43,9 @@ def main() -> None:
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--split", default="test")
     args = p.parse_args()
-    model, cfg, ckpt = load(args.run, args.checkpoint)
+    ckpt = args.run / "checkpoints" / args.checkpoint if args.checkpoint else args.run
+    model, cfg = load_captioner(ckpt)
+    model.eval()
     synth = Path(cfg.synth_dir)
     clips = [c for c in read_annotations(synth / "annotations" / f"cap_{args.split}.json", synth / "videos")
              if len(c.attributes["shapes"]) == 1]

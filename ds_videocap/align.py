@@ -17,14 +17,17 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-TEXT_SIDES = ("embedding", "detached", "random")
+from .config import CHOICES
+
+TEXT_SIDES = CHOICES["ce.itc_text_side"]
 RANDOM_TEXT_SEED = 0  # the "random" text side's table: the same on every rank, run and resume
 
 
 @lru_cache(maxsize=4)
-def _random_token_table(vocab: int, dim: int) -> torch.Tensor:
+def _random_token_table(vocab: int, dim: int, device: torch.device) -> torch.Tensor:
+    """Drawn on the CPU (the same numbers on any device), moved to `device` once, not in every step."""
     g = torch.Generator().manual_seed(RANDOM_TEXT_SEED)
-    return torch.randn(vocab, dim, generator=g) * dim ** -0.5
+    return (torch.randn(vocab, dim, generator=g) * dim ** -0.5).to(device)
 
 
 def text_token_vectors(side: str, embed: torch.nn.Embedding) -> Callable:
@@ -45,8 +48,7 @@ def text_token_vectors(side: str, embed: torch.nn.Embedding) -> Callable:
         return lambda ids: embed(ids).detach()
     if side != "random":
         raise ValueError(f"text side must be one of {TEXT_SIDES}, got {side!r}")
-    table = _random_token_table(embed.num_embeddings, embed.embedding_dim)
-    return lambda ids: F.embedding(ids, table.to(ids.device))
+    return lambda ids: F.embedding(ids, _random_token_table(embed.num_embeddings, embed.embedding_dim, ids.device))
 
 
 def _presence(token_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

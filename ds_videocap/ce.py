@@ -15,7 +15,7 @@ def ce_step(engine, batch: dict, ctx):
     itc = dict(itc_weight=ce.itc_weight, itc_temperature=ce.itc_temperature, itc_across_ranks=ce.itc_across_ranks,
                itc_text_pool=ce.itc_text_pool, itc_swap_negatives=ce.itc_swap_negatives,
                itc_text_side=ce.itc_text_side) if ce is not None else {}
-    if ctx.ce is not None and ctx.ce.itc_weight and ctx.ce.itc_all_references:
+    if ce is not None and ce.itc_weight and ce.itc_all_references:
         itc["itc_references"] = model.encode_references(batch["references"])
     loss = engine(pixel_values=pixel_values, **inputs, **itc)
     # logged next to `loss` (their weighted sum), so that a rising contrastive term cannot hide a
