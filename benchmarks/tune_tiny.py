@@ -81,7 +81,7 @@ def build(args):
     cfg.model.tiny = None
     cfg.model.frame_embedding = not args.no_frame_embedding
     cfg.model.fusion = args.fusion or cfg.model.fusion
-    model = build_model(cfg.model, cfg.lora)
+    model = build_model(cfg.model, cfg.lora, word_head_pool=args.words_pool if args.words_weight else None)
     g = torch.Generator().manual_seed(args.seed + 1)
     with torch.no_grad():
         if args.pos_std is not None:
@@ -201,6 +201,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--itc-all-refs", action="store_true", help="contrastive text side: mean over all references")
     p.add_argument("--itc-text-side", default="embedding", help="embedding | detached | random (align.py)")
     p.add_argument("--itc-swap", action="store_true", help="swapped-word caption negatives (ce.itc_swap_negatives)")
+    p.add_argument("--words-weight", type=float, default=0.0, help="word-head term in CE (ds_videocap/words.py)")
+    p.add_argument("--words-pool", default="mean", help="the word head's pooling: mean | max")
     p.add_argument("--scst-steps", type=int, default=0)
     p.add_argument("--scst-lr", type=float, default=2e-5)
     p.add_argument("--scst-min-lr", type=float, default=None, help="default scst-lr / 10")
@@ -270,10 +272,13 @@ def main():
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, args.warmup, args.lr, args.min_lr) * g["lr_mult"]
             inputs = model.encode_text(caps)
-            all_refs = model.encode_references([refs[i] for i in idx]) if args.itc_all_refs else None
+            batch_refs = model.encode_references([refs[i] for i in idx])
+            all_refs = batch_refs if args.itc_all_refs else None
             loss = model(pixel_values=px, **inputs, itc_weight=args.itc_weight, itc_temperature=args.itc_temperature,
                          itc_text_pool=args.itc_pool, itc_swap_negatives=args.itc_swap, itc_references=all_refs,
-                         itc_text_side=args.itc_text_side)
+                         itc_text_side=args.itc_text_side, words_weight=args.words_weight,
+                         word_references=batch_refs)
+            parts = {k: round(v.item(), 4) for k, v in model.last_loss_parts.items()}
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -281,7 +286,7 @@ def main():
             losses.append(loss.item())
             done = step + 1
             if done % args.log_every == 0:
-                emit(args, {"event": "ce", "step": done, "loss": round(float(np.mean(losses)), 4),
+                emit(args, {"event": "ce", "step": done, "loss": round(float(np.mean(losses)), 4), **parts,
                             "s_per_step": round((time.time() - t0) / done, 3)})
                 losses = []
             if (args.eval_every and done % args.eval_every == 0) or done == args.steps:

@@ -179,13 +179,15 @@ def _frame_embedding(model_cfg, meta: dict, tensors: dict, vision_hidden: int):
     return torch.zeros(MAX_FRAMES, vision_hidden)  # a pretrained model starts out unchanged
 
 
-def build_model(model_cfg, lora_cfg, ds_config: dict | None = None, frames: int | None = None):
+def build_model(model_cfg, lora_cfg, ds_config: dict | None = None, frames: int | None = None,
+                word_head_pool: str | None = None):
     """Load model_cfg.path (a Hugging Face folder) as a VideoCaptioner with the trainable parts set.
 
     fusion, prompt and qformer_text: a value set in model_cfg, else the folder's side file from
     save_hf_folder (videocap.json: how the weights were trained), else the folder family's default
     (FAMILY_DEFAULTS, DEFAULT_PROMPTS). A trained frame embedding in the side files is always used.
     frames: the frame count the weights were trained with (a run's), else the side file's.
+    word_head_pool: add the training-only word head (words.py; ce.words_weight).
     """
     from transformers import (
         AutoTokenizer,
@@ -243,7 +245,8 @@ def build_model(model_cfg, lora_cfg, ds_config: dict | None = None, frames: int 
         hf, tokenizer, family, fusion=fusion, prompt=prompt, frame_embedding=frame_embedding,
         max_txt_len=model_cfg.max_txt_len, qformer_tokenizer=qformer_tokenizer, qformer_text=qformer_text,
         train_bos=model_cfg.opt_train_bos, image_size=model_cfg.image_size or image_size,
-        image_mean=image_mean, image_std=image_std, frames=frames or meta.get("frames"))
+        image_mean=image_mean, image_std=image_std, frames=frames or meta.get("frames"),
+        word_head_pool=word_head_pool)
     adapter = folder / meta["lora_adapter"] if meta.get("lora_adapter") else None
     apply_trainable(model, model_cfg, lora_cfg, adapter_dir=adapter)
     model.ds_keepalive = ds_keepalive

@@ -15,8 +15,12 @@ def ce_step(engine, batch: dict, ctx):
     itc = dict(itc_weight=ce.itc_weight, itc_temperature=ce.itc_temperature, itc_across_ranks=ce.itc_across_ranks,
                itc_text_pool=ce.itc_text_pool, itc_swap_negatives=ce.itc_swap_negatives,
                itc_text_side=ce.itc_text_side) if ce is not None else {}
-    if ce is not None and ce.itc_weight and ce.itc_all_references:
-        itc["itc_references"] = model.encode_references(batch["references"])
+    if ce is not None and ((ce.itc_weight and ce.itc_all_references) or ce.words_weight):
+        refs = model.encode_references(batch["references"])  # one tokenisation for both terms
+        if ce.itc_weight and ce.itc_all_references:
+            itc["itc_references"] = refs
+        if ce.words_weight:
+            itc.update(words_weight=ce.words_weight, word_references=refs)
     loss = engine(pixel_values=pixel_values, **inputs, **itc)
     # logged next to `loss` (their weighted sum), so that a rising contrastive term cannot hide a
     # falling caption loss or the reverse

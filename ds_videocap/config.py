@@ -43,9 +43,8 @@ class DataCfg:
     image_size: int = 224
     """Frames are resized to this square size at decode."""
     image_mean: list | None = None
-    """Per-channel mean frames are normalised with; None: the model folder's image processor's."""
     image_std: list | None = None
-    """Per-channel std frames are normalised with; None: the model folder's image processor's."""
+    """Per-channel mean and std frames are normalised with; None: the model folder's image processor's."""
     train_sampling: str = "random_segment"
     """random_segment | headtail | uniform: frame sampling for training."""
     eval_sampling: str = "uniform"
@@ -81,10 +80,8 @@ class ModelCfg:
     None: the folder's (videocap.json), else per_frame for InstructBLIP-Video folders and concat otherwise."""
     frame_embedding: bool = False
     """Add a learned frame-index embedding to the ViT tokens (zero-init for pretrained models)."""
-    llm: str = "frozen"
-    """frozen | lora | full"""
-    vit: str = "frozen"
-    """frozen | full"""
+    llm: str = "frozen"  # frozen | lora | full
+    vit: str = "frozen"  # frozen | full
     quant: str | None = None
     """None | 8bit | 4bit: load the LLM with bitsandbytes."""
     prompt: str | None = None
@@ -139,6 +136,8 @@ class CECfg:
     itc_swap_negatives: bool = False  # each video's caption with one word swapped is a negative too (align.py)
     itc_all_references: bool = False  # text side: the mean over all of a video's references (align.py)
     itc_text_side: str = "embedding"  # the text side's token vectors: the LLM's embedding, "detached", "random"
+    words_weight: float = 0.0  # this much word-head loss (words.py: the references' words from the video); 0: off
+    words_pool: str = "mean"  # the word head reads the mean visual token, or each token's best ("max")
 
 
 @dataclass
@@ -226,6 +225,7 @@ CHOICES = {
     "scst.advantage": ("raw", "group_norm"),
     "ce.itc_text_pool": ("mean", "idf"),
     "ce.itc_text_side": ("embedding", "detached", "random"),
+    "ce.words_pool": ("mean", "max"),
 }
 
 
@@ -287,7 +287,7 @@ def validate(cfg: RecipeCfg) -> None:
     for name, low in (("data.frames", 1), ("data.image_size", 8), ("data.num_workers", 0), ("data.max_words", 1),
                       ("data.decode_timeout_s", 0), ("data.cache_mb", 0), ("max_nonfinite_steps", 1),
                       ("eval.batch_size", 1), ("scst.samples", 1), ("scst.max_new_tokens", 1),
-                      ("model.max_txt_len", 1)):
+                      ("model.max_txt_len", 1), ("ce.words_weight", 0)):
         if (value := attrgetter(name)(cfg)) < low:
             fail(name, f"must be >= {low}, got {value}")
     if cfg.model.quant and cfg.model.llm == "full":

@@ -28,6 +28,7 @@ from .output import print_json
 from .paths import follow_run_folder
 from .recipe_io import load_saved_config
 from .synth import attribute_accuracy
+from .words import HEAD_KEY as WORD_HEAD_KEY
 
 
 def decode_kwargs(eval_cfg, greedy: bool = False) -> dict:
@@ -169,7 +170,8 @@ def _load_captioner(checkpoint: str | Path, overrides: dict | None):
         follow_run_folder(cfg, run_cfg.parent)  # a moved run folder still finds its init_model
         cfg.model = replace(cfg.model, **(overrides or {}))
         model = build_model(cfg.model, cfg.lora, frames=cfg.data.frames)
-        state = read_full_state_dict(folder)
+        # the word head (words.py) serves only training: the captioner is the same without it
+        state = {k: v for k, v in read_full_state_dict(folder).items() if not k.startswith(WORD_HEAD_KEY)}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise UserError(f"{folder}: checkpoint does not match the model: missing {missing[:5]}, "

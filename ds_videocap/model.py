@@ -18,6 +18,7 @@ from torch import nn
 
 from .align import contrastive_loss, text_token_vectors
 from .engine import gather_rows, world_size
+from .words import WordHead, word_loss, word_targets
 
 FUSIONS = ("concat", "per_frame")
 MAX_FRAMES = 64  # rows of a frame-index embedding built here (the planner counts them too)
@@ -28,9 +29,10 @@ class VideoCaptioner(nn.Module):
                  frame_embedding: torch.Tensor | None = None, max_txt_len: int = 50,
                  qformer_tokenizer=None, qformer_text: bool = False, train_bos: bool = False,
                  image_size: int | None = None, image_mean: tuple = (), image_std: tuple = (),
-                 frames: int | None = None):
+                 frames: int | None = None, word_head_pool: str | None = None):
         """image_size/mean/std: how the data pipeline must resize and normalise frames for this ViT
-        (export writes them back); frames: the frame count it was trained with, when known."""
+        (export writes them back); frames: the frame count it was trained with, when known;
+        word_head_pool: add the training-only word head (words.py) with this pooling."""
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
@@ -52,6 +54,11 @@ class VideoCaptioner(nn.Module):
         self.image_size = image_size or hf_model.config.vision_config.image_size
         self.image_mean, self.image_std = tuple(image_mean), tuple(image_std)
         self.frames = frames
+        self.word_head = None
+        if word_head_pool is not None:  # one dtype for all parameters (ZeRO flattens them into one buffer)
+            proj = hf_model.language_projection
+            vocab = hf_model.get_input_embeddings().num_embeddings
+            self.word_head = WordHead(proj.out_features, vocab, word_head_pool).to(proj.weight.dtype)
 
     # ----- text --------------------------------------------------------------------------------
     def _stop_ids(self) -> list[int]:
@@ -173,7 +180,8 @@ class VideoCaptioner(nn.Module):
     def forward(self, pixel_values, input_ids=None, attention_mask=None, labels=None, sequences=None,
                 generate_kwargs: dict | None = None, itc_weight: float = 0.0, itc_temperature: float = 0.1,
                 itc_across_ranks: bool = False, itc_text_pool: str = "mean", itc_swap_negatives: bool = False,
-                itc_references: dict | None = None, itc_text_side: str = "embedding"):
+                itc_references: dict | None = None, itc_text_side: str = "embedding",
+                words_weight: float = 0.0, word_references: dict | None = None):
         """Mean cross-entropy over caption tokens (labels -100 ignored): a scalar; plus itc_weight x the
         video-text contrastive loss over the batch (align.py) when itc_weight > 0, with every rank's
         videos and captions as negatives when itc_across_ranks (then every rank must call it), and the
@@ -181,7 +189,8 @@ class VideoCaptioner(nn.Module):
         and each video's caption with one word swapped as one more negative when itc_swap_negatives;
         itc_references ({"input_ids", "attention_mask", "owner"}: every reference of each video, as
         encode_references gives) makes the text side the mean over a video's references, and
-        itc_text_side picks the token vectors it pools (align.text_token_vectors).
+        itc_text_side picks the token vectors it pools (align.text_token_vectors). words_weight > 0 adds
+        that much word-head loss (words.py) against word_references (as encode_references gives).
 
         The same call serves the other two uses, so that under ZeRO-3 they can run through the
         engine (`engine(pixels, sequences=s)`): only inside the engine's forward does DeepSpeed
@@ -213,6 +222,15 @@ class VideoCaptioner(nn.Module):
                                    references=refs, embed=embed)
             self.last_loss_parts["itc_loss"] = itc.detach()
             loss = loss + itc_weight * itc
+        if words_weight:
+            if self.word_head is None or word_references is None:
+                raise ValueError("words_weight > 0 needs a captioner built with a word head and word_references")
+            refs = {k: v.to(visual.device) for k, v in word_references.items()}
+            targets = word_targets(refs["input_ids"], refs["attention_mask"], refs["owner"], visual.shape[0],
+                                   self.word_head.out_features)
+            words = word_loss(self.word_head(visual), targets)
+            self.last_loss_parts["words_loss"] = words.detach()
+            loss = loss + words_weight * words
         return loss
 
     def sequence_logprobs(self, pixel_values, sequences) -> tuple[torch.Tensor, torch.Tensor]:

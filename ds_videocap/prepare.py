@@ -75,7 +75,8 @@ def prepare_model(cfg, ds_config: dict, rank: int, say):
     with what the folder family's defaults resolved to (fusion, qformer_text), so that the run folder
     says what was trained."""
     cfg = resolve_model_folder(cfg, rank)
-    model = build_model(cfg.model, cfg.lora, ds_config=ds_config)
+    model = build_model(cfg.model, cfg.lora, ds_config=ds_config,
+                        word_head_pool=cfg.ce.words_pool if cfg.ce.words_weight else None)
     cfg = replace(cfg, model=replace(cfg.model, fusion=model.fusion, qformer_text=model.qformer_text))
     if rank == 0:
         save_config(cfg, Path(cfg.output_dir) / "config.yaml")
