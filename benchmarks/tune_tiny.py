@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from ds_videocap.annotations import read_annotations  # noqa: E402
 from ds_videocap.captions import normalize_caption  # noqa: E402
+from ds_videocap.cooccur import cooccurrence_table  # noqa: E402
 from ds_videocap.video import CLIP_MEAN, CLIP_STD, read_frames, sample_indices  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -199,7 +200,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--itc-temperature", type=float, default=0.1)
     p.add_argument("--itc-pool", default="mean", help="caption pooling of the contrastive term: mean | idf")
     p.add_argument("--itc-all-refs", action="store_true", help="contrastive text side: mean over all references")
-    p.add_argument("--itc-text-side", default="embedding", help="embedding | detached | random (align.py)")
+    p.add_argument("--itc-text-side", default="embedding", help="embedding | detached | random | cooccur (align.py)")
+    p.add_argument("--itc-text-rank", type=int, default=16, help="the cooccur text side's dimensions (cooccur.py)")
     p.add_argument("--itc-swap", action="store_true", help="swapped-word caption negatives (ce.itc_swap_negatives)")
     p.add_argument("--words-weight", type=float, default=0.0, help="word-head term in CE (ds_videocap/words.py)")
     p.add_argument("--words-pool", default="mean", help="the word head's pooling: mean | max")
@@ -234,6 +236,10 @@ def main():
     val_clips, val_frames = load_split(args.val_synth or args.synth, "val")
     refs = [[normalize_caption(c, 50) for c in clip.captions] for clip in train_clips]
     model = build(args)
+    if args.itc_text_side == "cooccur":
+        ids = [[model.tokenizer(r, add_special_tokens=False).input_ids for r in clip] for clip in refs]
+        model.text_table = cooccurrence_table(ids, model.language_model.get_input_embeddings().num_embeddings,
+                                              args.itc_text_rank)
     n_params = sum(p.numel() for p in model.parameters())
     # which set: `data synth` and the main job redraw data/synth with their seed, so the path alone does not say
     ready = json.loads((args.synth / "READY").read_text())

@@ -30,7 +30,7 @@ def _random_token_table(vocab: int, dim: int, device: torch.device) -> torch.Ten
     return (torch.randn(vocab, dim, generator=g) * dim ** -0.5).to(device)
 
 
-def text_token_vectors(side: str, embed: torch.nn.Embedding) -> Callable:
+def text_token_vectors(side: str, embed: torch.nn.Embedding, table: torch.Tensor | None = None) -> Callable:
     """ids -> the token vectors the text side pools, for `side` in TEXT_SIDES.
 
     embedding: the LLM's input embedding, which the term trains as well. detached: the same vectors
@@ -40,12 +40,18 @@ def text_token_vectors(side: str, embed: torch.nn.Embedding) -> Callable:
     differ; a text side the term cannot move leaves only the second. With random vectors, words that
     differ always give different captions (96-d random vectors are nearly orthogonal), synonyms included,
     so the text side does not wait for the LLM to learn which words name different things
-    (benchmarks/README.md, eighth round).
+    (benchmarks/README.md, eighth round). cooccur: `table` (cooccur.cooccurrence_table, from the training
+    references), where words used for the same clips (synonyms) agree and words for different things differ.
     """
     if side == "embedding":
         return embed
     if side == "detached":
         return lambda ids: embed(ids).detach()
+    if side == "cooccur":
+        if table is None:
+            raise ValueError("the cooccur text side needs the captioner's text_table (cooccur.cooccurrence_table)")
+        # (vocab, rank) -> the embedding's width: the zero dimensions change no cosine
+        return lambda ids: F.pad(F.embedding(ids, table), (0, embed.embedding_dim - table.shape[1]))
     if side != "random":
         raise ValueError(f"text side must be one of {TEXT_SIDES}, got {side!r}")
     return lambda ids: F.embedding(ids, _random_token_table(embed.num_embeddings, embed.embedding_dim, ids.device))

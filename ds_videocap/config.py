@@ -92,8 +92,7 @@ class ModelCfg:
     opt_train_bos: bool = False
     """OPT with an empty prompt: also train the last visual position to predict bos, as the study's
     LAVIS Blip2OPT does (its CE loss is then about 0.2% higher on equal weights)."""
-    max_txt_len: int = 50
-    """Maximum caption tokens in training."""
+    max_txt_len: int = 50  # maximum caption tokens in training
     image_size: int | None = None
     """Frame size fed to the ViT; None uses the checkpoint's preprocessor size; another size
     interpolates the position embeddings."""
@@ -135,7 +134,8 @@ class CECfg:
     itc_text_pool: str = "mean"  # the caption vector: the mean token embedding, or "idf"-weighted (align.py)
     itc_swap_negatives: bool = False  # each video's caption with one word swapped is a negative too (align.py)
     itc_all_references: bool = False  # text side: the mean over all of a video's references (align.py)
-    itc_text_side: str = "embedding"  # the text side's token vectors: the LLM's embedding, "detached", "random"
+    itc_text_side: str = "embedding"  # token vectors: the LLM's embedding, "detached", "random", "cooccur" (cooccur.py)
+    itc_text_rank: int = 16  # the "cooccur" table's dimensions (principal axes of the clip-by-token matrix)
     words_weight: float = 0.0  # this much word-head loss (words.py: the references' words from the video); 0: off
     words_pool: str = "mean"  # the word head reads the mean visual token, or each token's best ("max")
 
@@ -224,7 +224,7 @@ CHOICES = {
     "scst.baseline": ("mean_others", "greedy", "beam_mean"),
     "scst.advantage": ("raw", "group_norm"),
     "ce.itc_text_pool": ("mean", "idf"),
-    "ce.itc_text_side": ("embedding", "detached", "random"),
+    "ce.itc_text_side": ("embedding", "detached", "random", "cooccur"),
     "ce.words_pool": ("mean", "max"),
 }
 
@@ -287,7 +287,7 @@ def validate(cfg: RecipeCfg) -> None:
     for name, low in (("data.frames", 1), ("data.image_size", 8), ("data.num_workers", 0), ("data.max_words", 1),
                       ("data.decode_timeout_s", 0), ("data.cache_mb", 0), ("max_nonfinite_steps", 1),
                       ("eval.batch_size", 1), ("scst.samples", 1), ("scst.max_new_tokens", 1),
-                      ("model.max_txt_len", 1), ("ce.words_weight", 0)):
+                      ("model.max_txt_len", 1), ("ce.words_weight", 0), ("ce.itc_text_rank", 1)):
         if (value := attrgetter(name)(cfg)) < low:
             fail(name, f"must be >= {low}, got {value}")
     if cfg.model.quant and cfg.model.llm == "full":

@@ -54,6 +54,7 @@ class VideoCaptioner(nn.Module):
         self.image_size = image_size or hf_model.config.vision_config.image_size
         self.image_mean, self.image_std = tuple(image_mean), tuple(image_std)
         self.frames = frames
+        self.text_table = None  # the contrastive term's "cooccur" token vectors (cooccur.py): set per run, not saved
         self.word_head = None
         if word_head_pool is not None:  # one dtype for all parameters (ZeRO flattens them into one buffer)
             proj = hf_model.language_projection
@@ -215,7 +216,9 @@ class VideoCaptioner(nn.Module):
         # the CE phase's auxiliary term (align.py), off by default; gathered, every rank joins the collective
         gather = gather_rows if itc_across_ranks and world_size() > 1 else None
         if itc_weight and (gather is not None or visual.shape[0] > 1):
-            embed = text_token_vectors(itc_text_side, self.language_model.get_input_embeddings())
+            if self.text_table is not None and self.text_table.device != visual.device:  # moved once, not per step
+                self.text_table = self.text_table.to(visual.device)
+            embed = text_token_vectors(itc_text_side, self.language_model.get_input_embeddings(), self.text_table)
             refs = None if itc_references is None else {k: v.to(visual.device) for k, v in itc_references.items()}
             itc = contrastive_loss(visual, embed(input_ids), caption_mask, itc_temperature, gather,
                                    idf=itc_text_pool == "idf", token_ids=input_ids, swap_negatives=itc_swap_negatives,

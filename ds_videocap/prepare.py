@@ -13,6 +13,8 @@ from pathlib import Path
 
 from .annotations import read_annotations
 from .build import build_model, build_tiny_folder, image_settings, input_size
+from .captions import normalize_caption
+from .cooccur import cooccurrence_table
 from .engine import barrier, rank_and_world
 from .errors import UserError
 from .mixing import read_sources
@@ -83,6 +85,22 @@ def prepare_model(cfg, ds_config: dict, rank: int, say):
     trainable, total = count_parameters(model)
     say(f"[model] {total:,} parameters, {trainable:,} trainable ({100 * trainable / max(total, 1):.1f}%)")
     return cfg, model
+
+
+def attach_text_table(cfg, model, train_clips, say) -> None:
+    """The contrastive term's "cooccur" text side (cooccur.py): its table, from the training references
+    as the data pipeline normalises them, tokenised as the captions the term pools."""
+    if not (cfg.ce.itc_weight and cfg.ce.itc_text_side == "cooccur" and cfg.ce.steps):
+        return
+    refs = [[normalize_caption(c, cfg.data.max_words) for c in clip.captions] for clip in train_clips]
+    ids = model.tokenizer([r for clip in refs for r in clip], add_special_tokens=False).input_ids
+    per_clip, start = [], 0
+    for clip in refs:
+        per_clip.append([row[: model.max_txt_len - 1] for row in ids[start: start + len(clip)]])
+        start += len(clip)
+    vocab = model.language_model.get_input_embeddings().num_embeddings
+    model.text_table = cooccurrence_table(per_clip, vocab, cfg.ce.itc_text_rank)
+    say(f"[ce] co-occurrence text side: {cfg.ce.itc_text_rank} dimensions from {len(per_clip)} clips' references")
 
 
 def build_reward(cfg, train_clips) -> CiderD:

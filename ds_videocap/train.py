@@ -21,7 +21,7 @@ from .loop import Phase, StepContext, TrainState, fit, steps_for
 from .metrics import start_meteor
 from .mixing import SourceCounter, mixed_epoch_order
 from .optim import apply_phase_settings, build_optimizer, describe_settings
-from .prepare import build_reward, prepare_data, prepare_model
+from .prepare import attach_text_table, build_reward, prepare_data, prepare_model
 from .run_check import check_run
 from .run_eval import RunEvaluator
 from .run_folder import RunFolder
@@ -45,6 +45,7 @@ def train_command(args) -> int:
         start_meteor()  # rank 0 scores; its JVM's ~5-10 s of loading overlap the model's build and training
     ds_config = adapt_ds_config(raw_ds_config, cfg.ce.micro_batch, cfg.output_dir, say=say)
     cfg, model = prepare_model(cfg, ds_config, rank, say)  # cfg now names the model folder and frame size
+    attach_text_table(cfg, model, clips["train"], say)
     train_set = VideoCaptionDataset(clips["train"], cfg.data, train=True, seed=cfg.seed)
     reward = build_reward(cfg, clips["train"]) if cfg.scst.steps else None
 

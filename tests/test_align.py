@@ -273,18 +273,22 @@ def test_random_text_side_is_one_fixed_table_whatever_the_embedding():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("side", ["detached", "random"])
+@pytest.mark.parametrize("side", ["detached", "random", "cooccur"])
 def test_a_text_side_the_term_cannot_move_trains_only_the_video_side(tiny_folders, side, dtype):
+    from ds_videocap.cooccur import cooccurrence_table
     model = load(tiny_folders["opt"], frame_embedding=True, vit="full", llm="full").to(dtype)
     model.eval()
     pixels, inputs = frames(batch=3, t=2).to(dtype), model.encode_text(CAPTIONS[:3])
     refs = model.encode_references([CAPTIONS[0:2], CAPTIONS[2:4], CAPTIONS[4:6]])
     embed = model.language_model.get_input_embeddings()
+    if side == "cooccur":  # as prepare.attach_text_table does, from these videos' references
+        ids = [[model.tokenizer(c, add_special_tokens=False).input_ids for c in CAPTIONS[i: i + 2]] for i in (0, 2, 4)]
+        model.text_table = cooccurrence_table(ids, embed.num_embeddings, rank=2)
     kw = dict(itc_weight=1.0, itc_temperature=0.1, itc_references=refs, itc_text_pool="idf")
     # the term's value: the same formula over the chosen token vectors
     loss = model(pixels, **inputs, **kw, itc_text_side=side)
     ce = model(pixels, **inputs)
-    tokens = align.text_token_vectors(side, embed)
+    tokens = align.text_token_vectors(side, embed, model.text_table)
     t = align.reference_vectors(refs["input_ids"], refs["attention_mask"].bool(), refs["owner"], 3, tokens, idf=True)
     v = F.normalize(model.encode_visual(pixels).float().mean(1), dim=-1)
     itc = 0.5 * (F.cross_entropy(v @ t.T / 0.1, torch.arange(3)) + F.cross_entropy(t @ v.T / 0.1, torch.arange(3)))
