@@ -238,7 +238,7 @@ def main():
     model = build(args)
     if args.itc_text_side == "cooccur":
         ids = [[model.tokenizer(r, add_special_tokens=False).input_ids for r in clip] for clip in refs]
-        model.text_table = cooccurrence_table(ids, model.language_model.get_input_embeddings().num_embeddings,
+        model.text_table, _ = cooccurrence_table(ids, model.language_model.get_input_embeddings().num_embeddings,
                                               args.itc_text_rank)
     n_params = sum(p.numel() for p in model.parameters())
     # which set: `data synth` and the main job redraw data/synth with their seed, so the path alone does not say

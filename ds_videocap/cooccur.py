@@ -25,8 +25,10 @@ import torch
 TABLE_SEED = 0  # torch.pca_lowrank's random start, fixed: every rank must compute the same table
 
 
-def cooccurrence_table(clip_token_ids: list[list[list[int]]], vocab: int, rank: int) -> torch.Tensor:
-    """(vocab, rank) float32 token vectors; `clip_token_ids[c]` holds each reference of clip c as token ids."""
+def cooccurrence_table(clip_token_ids: list[list[list[int]]], vocab: int, rank: int) -> tuple[torch.Tensor, list]:
+    """-> (vocab, rank) float32 token vectors, and the leading singular values (the kept axes and up to 8
+    more: where they flatten, the axes stop being content and become wording). `clip_token_ids[c]`
+    holds each reference of clip c as token ids."""
     if rank < 1:
         raise ValueError(f"the co-occurrence text side's rank must be at least 1, got {rank}")
     rows, cols, vals = [], [], []
@@ -58,4 +60,4 @@ def cooccurrence_table(clip_token_ids: list[list[list[int]]], vocab: int, rank: 
     k = int((s[:k] > s[0] * 1e-4).sum())  # axes the data does not have (rank above its own) stay zero
     table = torch.zeros(vocab, rank)
     table[torch.tensor(used), :k] = v[:, :k] / s[:k]
-    return table
+    return table, [round(float(x), 2) for x in s]

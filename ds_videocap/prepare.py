@@ -99,8 +99,9 @@ def attach_text_table(cfg, model, train_clips, say) -> None:
         per_clip.append([row[: model.max_txt_len - 1] for row in ids[start: start + len(clip)]])
         start += len(clip)
     vocab = model.language_model.get_input_embeddings().num_embeddings
-    model.text_table = cooccurrence_table(per_clip, vocab, cfg.ce.itc_text_rank)
-    say(f"[ce] co-occurrence text side: {cfg.ce.itc_text_rank} dimensions from {len(per_clip)} clips' references")
+    model.text_table, spectrum = cooccurrence_table(per_clip, vocab, cfg.ce.itc_text_rank)
+    say(f"[ce] co-occurrence text side: {cfg.ce.itc_text_rank} axes from {len(per_clip)} clips' references; "
+        f"singular values {spectrum} (ce.itc_text_rank: where they flatten)")
 
 
 def build_reward(cfg, train_clips) -> CiderD:

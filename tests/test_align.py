@@ -283,7 +283,7 @@ def test_a_text_side_the_term_cannot_move_trains_only_the_video_side(tiny_folder
     embed = model.language_model.get_input_embeddings()
     if side == "cooccur":  # as prepare.attach_text_table does, from these videos' references
         ids = [[model.tokenizer(c, add_special_tokens=False).input_ids for c in CAPTIONS[i: i + 2]] for i in (0, 2, 4)]
-        model.text_table = cooccurrence_table(ids, embed.num_embeddings, rank=2)
+        model.text_table = cooccurrence_table(ids, embed.num_embeddings, rank=2)[0]
     kw = dict(itc_weight=1.0, itc_temperature=0.1, itc_references=refs, itc_text_pool="idf")
     # the term's value: the same formula over the chosen token vectors
     loss = model(pixels, **inputs, **kw, itc_text_side=side)

@@ -29,7 +29,8 @@ def _cos(table, a, b):
 
 def test_words_used_for_the_same_clips_agree_and_words_for_different_things_differ():
     # rank 2: shape and colour; the next axes would be which synonym a clip's references happen to use
-    table = cooccurrence_table(_clips(), vocab=10, rank=2)
+    table, spectrum = cooccurrence_table(_clips(), vocab=10, rank=2)
+    assert spectrum[0] >= spectrum[1] > spectrum[2]  # the two content axes stand above the wording's
     assert table.shape == (10, 2) and table.dtype == torch.float32
     assert _cos(table, DISK, BALL) > 0.85 and _cos(table, BOX, BLOCK) > 0.85
     assert _cos(table, DISK, BOX) < -0.5 and _cos(table, BALL, BLOCK) < -0.5
@@ -41,10 +42,10 @@ def test_words_used_for_the_same_clips_agree_and_words_for_different_things_diff
 
 def test_the_table_is_the_same_on_every_call_and_a_large_rank_is_cut_to_what_the_data_holds():
     clips = _clips()
-    first = cooccurrence_table(clips, vocab=10, rank=3)
+    first = cooccurrence_table(clips, vocab=10, rank=3)[0]
     torch.manual_seed(123)  # the global stream does not matter: every rank computes the same table
-    assert torch.equal(first, cooccurrence_table(clips, vocab=10, rank=3))
-    wide = cooccurrence_table(clips, vocab=10, rank=50)
+    assert torch.equal(first, cooccurrence_table(clips, vocab=10, rank=3)[0])
+    wide = cooccurrence_table(clips, vocab=10, rank=50)[0]
     assert wide.shape == (10, 50) and wide[:, 6:].abs().sum() == 0  # 6 informative tokens, 40 clips
     with pytest.raises(ValueError, match="rank"):
         cooccurrence_table(clips, vocab=10, rank=0)
@@ -54,7 +55,7 @@ def test_the_table_is_the_same_on_every_call_and_a_large_rank_is_cut_to_what_the
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_cooccur_text_side_pads_the_table_to_the_embedding_width(dtype):
-    table = cooccurrence_table(_clips(), vocab=10, rank=2)
+    table = cooccurrence_table(_clips(), vocab=10, rank=2)[0]
     embed = torch.nn.Embedding(10, 8).to(dtype)
     vectors = align.text_token_vectors("cooccur", embed, table)(torch.tensor([[DISK, BALL, BOX]]))
     assert vectors.shape == (1, 3, 8) and not vectors.requires_grad
