@@ -1,6 +1,7 @@
 """The default recipe, shortened (a smaller synthetic set, fewer steps, the same engine continuing from
 CE to SCST), with a fixed seed: after CE the captions name colour and motion well above chance, and SCST
-raises its own reward without buying it by dropping content (no attribute accuracy falls)."""
+raises its own reward and the test CIDEr without buying them by dropping content (no attribute accuracy
+falls by more than a few clips)."""
 import json
 
 import pytest
@@ -9,7 +10,7 @@ from e2e import read_metrics, run_train
 pytestmark = pytest.mark.slow
 SEED = 42
 # Chance: colour 0.2, motion 1/7 (a two-shape clip needs both named, so chance is lower still).
-COLOR_MIN, MOTION_MIN = 0.7, 0.45
+COLOR_MIN, MOTION_MIN = 0.85, 0.55
 SCST_SLACK = 0.05  # one test clip is 1/84 = 0.012
 
 
@@ -24,11 +25,12 @@ def test_scst_keeps_the_attributes_ce_learned(tmp_path_factory):
               "eval.num_beams=3", "eval.batch_size=64", timeout=900)
     summary = json.loads((out / "summary.json").read_text())
     ce, scst = summary["ce"]["test"], summary["scst"]["test"]
-    # Measured here (2026-12-03, the recipe's contrastive term over all references, idf pooling): CE colour /
-    # shape / motion / all 0.833 / 0.262 / 0.583 / 0.179, CIDEr 1.180; SCST 0.869 / 0.310 / 0.583 / 0.202,
-    # CIDEr 1.292, sampled reward 0.456 -> 0.514 (beam 3, 84 clips; the main job's figures: README, "Results").
+    # Measured here (2026-12-04, the recipe's co-occurrence text side and SCST at lr 1e-4): CE colour / shape /
+    # motion / all 0.964 / 0.262 / 0.690 / 0.226, CIDEr 1.286; SCST 0.929 / 0.262 / 0.679 / 0.190, CIDEr 1.310,
+    # sampled reward 0.676 -> 0.764 (beam 3, 84 clips; the main job's figures: README, "Results").
     assert ce["color_acc"] >= COLOR_MIN and ce["motion_acc"] >= MOTION_MIN, ce
     for key in ("color_acc", "shape_acc", "motion_acc", "all_acc"):
         assert scst[key] >= ce[key] - SCST_SLACK, (key, ce[key], scst[key])
+    assert scst["CIDEr"] > ce["CIDEr"], (ce["CIDEr"], scst["CIDEr"])  # measured 1.286 -> 1.310
     rewards = [m["reward"] for m in read_metrics(out) if m.get("phase") == "scst" and "reward" in m]
-    assert len(rewards) == 4 and rewards[-1] > rewards[0]  # measured 0.456 -> 0.514
+    assert len(rewards) == 4 and rewards[-1] > rewards[0]  # measured 0.676 -> 0.764
