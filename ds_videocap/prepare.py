@@ -92,7 +92,8 @@ def attach_text_table(cfg, model, train_clips, say) -> None:
     as the data pipeline normalises them, tokenised as the captions the term pools."""
     if not (cfg.ce.itc_weight and cfg.ce.itc_text_side == "cooccur" and cfg.ce.steps):
         return
-    refs = [[normalize_caption(c, cfg.data.max_words) for c in clip.captions] for clip in train_clips]
+    refs = [[r for r in (normalize_caption(c, cfg.data.max_words) for c in clip.captions) if r] or [""]
+            for clip in train_clips]  # as data.py's dataset keeps them
     ids = model.tokenizer([r for clip in refs for r in clip], add_special_tokens=False).input_ids
     per_clip, start = [], 0
     for clip in refs:
