@@ -252,9 +252,10 @@ def main():
     if args.stills_steps:
         run_stills(args, model, stills, val_clips, val_frames)
         if args.stills_keep == "vit":  # a fresh Q-Former, projection and LLM on the still-trained ViT
-            vit = model.hf.vision_model.state_dict()
+            vit, table = model.hf.vision_model.state_dict(), model.text_table
             model = build(args)
             model.hf.vision_model.load_state_dict(vit)
+            model.text_table = table
     if args.freeze_vit:
         model.hf.vision_model.requires_grad_(False)
     if args.load:
@@ -317,8 +318,10 @@ def run_stills(args, model, stills, val_clips, val_frames):
         frames, caps = stills.draw(args.stills_batch)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.stills_steps, 50, args.stills_lr, args.stills_lr / 20)
+        # the video stage's text side and pooling (one caption a still: no references to average)
         loss = model(pixel_values=to_pixels(frames[:, None]), **model.encode_text(caps), itc_weight=itc,
-                     itc_temperature=args.itc_temperature)
+                     itc_temperature=args.itc_temperature, itc_text_side=args.itc_text_side,
+                     itc_text_pool=args.itc_pool)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
