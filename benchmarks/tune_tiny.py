@@ -237,7 +237,7 @@ def main():
     refs = [[normalize_caption(c, 50) for c in clip.captions] for clip in train_clips]
     model = build(args)
     if args.itc_text_side == "cooccur":
-        ids = [[model.tokenizer(r, add_special_tokens=False).input_ids for r in clip] for clip in refs]
+        ids = [model.caption_ids(clip) for clip in refs]
         model.text_table, _ = cooccurrence_table(ids, model.language_model.get_input_embeddings().num_embeddings,
                                               args.itc_text_rank)
     n_params = sum(p.numel() for p in model.parameters())

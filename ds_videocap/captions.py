@@ -19,3 +19,9 @@ def normalize_caption(text: str, max_words: int | None = 50) -> str:
     if max_words is not None:
         words = words[:max_words]
     return " ".join(words)
+
+
+def training_references(captions: list[str], max_words: int | None) -> list[str]:
+    """A clip's references as training uses them: normalised, empty ones left out ([""] when none is left)."""
+    refs = [normalize_caption(c, max_words) for c in captions]
+    return [r for r in refs if r] or [""]

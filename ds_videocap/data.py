@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from .captions import normalize_caption
+from .captions import training_references
 from .engine import gather_objects
 from .errors import UserError
 from .video import CLIP_MEAN, CLIP_STD, VideoDecodeError, frames_to_tensor, read_frames, sample_indices
@@ -65,8 +65,7 @@ class VideoCaptionDataset(Dataset):
             return {"skipped": str(err), **head}
         pixels = frames_to_tensor(frames, augment=self.train and cfg.augment, rng=rng,
                                   mean=cfg.image_mean or CLIP_MEAN, std=cfg.image_std or CLIP_STD)
-        refs = [normalize_caption(c, cfg.max_words) for c in clip.captions]
-        refs = [r for r in refs if r] or [""]
+        refs = training_references(clip.captions, cfg.max_words)
         caption = refs[int(rng.integers(len(refs)))] if self.train else refs[0]
         return {"pixel_values": pixels, "caption": caption, "references": refs, **head}
 

@@ -68,11 +68,15 @@ class VideoCaptioner(nn.Module):
             return [self.tokenizer("\n", add_special_tokens=False).input_ids[-1]]
         return [self.tokenizer.eos_token_id]
 
-    def encode_text(self, captions: list[str]) -> dict:
-        """Caption targets: ids end with the stop token, padding is pad id and -100 in labels."""
+    def caption_ids(self, captions: list[str]) -> list[list[int]]:
+        """Each caption's token ids as training sees them (cut to max_txt_len - 1), before the stop token."""
         # one batched call: the fast tokenizer's per-call overhead is most of its cost on short captions
         encoded = self.tokenizer(list(captions), add_special_tokens=False).input_ids if captions else []
-        rows = [ids[: self.max_txt_len - 1] + [self.stop_ids[0]] for ids in encoded]
+        return [ids[: self.max_txt_len - 1] for ids in encoded]
+
+    def encode_text(self, captions: list[str]) -> dict:
+        """Caption targets: ids end with the stop token, padding is pad id and -100 in labels."""
+        rows = [ids + [self.stop_ids[0]] for ids in self.caption_ids(captions)]
         width = max(len(r) for r in rows)
         input_ids = torch.tensor([r + [self.pad_id] * (width - len(r)) for r in rows], dtype=torch.long)
         attention_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .annotations import read_annotations
 from .build import build_model, build_tiny_folder, image_settings, input_size
-from .captions import normalize_caption
+from .captions import training_references
 from .cooccur import cooccurrence_table
 from .engine import barrier, rank_and_world
 from .errors import UserError
@@ -92,12 +92,11 @@ def attach_text_table(cfg, model, train_clips, say) -> None:
     as the data pipeline normalises them, tokenised as the captions the term pools."""
     if not (cfg.ce.itc_weight and cfg.ce.itc_text_side == "cooccur" and cfg.ce.steps):
         return
-    refs = [[r for r in (normalize_caption(c, cfg.data.max_words) for c in clip.captions) if r] or [""]
-            for clip in train_clips]  # as data.py's dataset keeps them
-    ids = model.tokenizer([r for clip in refs for r in clip], add_special_tokens=False).input_ids
+    refs = [training_references(clip.captions, cfg.data.max_words) for clip in train_clips]
+    ids = model.caption_ids([r for clip in refs for r in clip])  # one batched tokenisation of every reference
     per_clip, start = [], 0
     for clip in refs:
-        per_clip.append([row[: model.max_txt_len - 1] for row in ids[start: start + len(clip)]])
+        per_clip.append(ids[start: start + len(clip)])
         start += len(clip)
     vocab = model.language_model.get_input_embeddings().num_embeddings
     model.text_table, spectrum = cooccurrence_table(per_clip, vocab, cfg.ce.itc_text_rank)
