@@ -38,6 +38,8 @@ from ds_videocap.video import CLIP_MEAN, CLIP_STD, read_frames, sample_indices  
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiny_stills import StillStream  # noqa: E402
 
+SHAPE_LABELS = ("circle", "square", "triangle")  # --label-weight's classes (the diagnostic only)
+
 
 def load_split(synth: Path, split: str):
     clips = read_annotations(synth / "annotations" / f"cap_{split}.json", synth / "videos")
@@ -222,6 +224,12 @@ def parser() -> argparse.ArgumentParser:
                    help="what the video stage keeps of the stills stage: everything, or only the ViT")
     p.add_argument("--freeze-vit", action="store_true", help="the video stage keeps the ViT frozen (as BLIP-2)")
     p.add_argument("--mix-stills", type=int, default=0, help="static still clips added to each CE batch")
+    p.add_argument("--init-vit", default=None,
+                   help="start from this ViT state dict (probe_frame_targets.py --save-vit): a pretrained vision tower")
+    p.add_argument("--label-weight", type=float, default=0.0,
+                   help="DIAGNOSTIC ONLY, it reads the set's shape labels: a per-frame shape classifier on the ViT, "
+                        "trained jointly (an upper bound for any caption-derived vision term)")
+    p.add_argument("--clip", type=float, default=1.0, help="gradient clipping norm (logged as grad_norm)")
     p.add_argument("--save", default=None, help="save the CE state_dict here")
     p.add_argument("--load", default=None, help="skip CE: load this state_dict")
     return p
@@ -256,12 +264,18 @@ def main():
             model = build(args)
             model.hf.vision_model.load_state_dict(vit)
             model.text_table = table
+    if args.init_vit:
+        model.hf.vision_model.load_state_dict(torch.load(args.init_vit))
     if args.freeze_vit:
         model.hf.vision_model.requires_grad_(False)
     if args.load:
         model.load_state_dict(torch.load(args.load))
     else:
-        opt = torch.optim.AdamW(decay_groups(model, args.wd, args.vit_lr_mult, args.llm_lr_mult), lr=args.lr)
+        groups = decay_groups(model, args.wd, args.vit_lr_mult, args.llm_lr_mult)
+        if args.label_weight:
+            label_head = torch.nn.Linear(model.hf.vision_model.config.hidden_size, len(SHAPE_LABELS))
+            groups.append({"params": list(label_head.parameters()), "weight_decay": 0.0, "lr_mult": 1.0})
+        opt = torch.optim.AdamW(groups, lr=args.lr)
         total = args.total_steps or args.steps
         order, pos, losses, t0 = rng.permutation(len(train_clips)), 0, [], time.time()
         model.train()
@@ -285,12 +299,20 @@ def main():
                          itc_text_pool=args.itc_pool, itc_swap_negatives=args.itc_swap, itc_references=all_refs,
                          itc_text_side=args.itc_text_side, words_weight=args.words_weight,
                          word_references=batch_refs)
-            parts = {k: round(v.item(), 4) for k, v in model.last_loss_parts.items()}
+            if args.label_weight:  # the diagnostic: single-object clips' shape label on every frame (a second ViT pass)
+                shapes = [train_clips[i].attributes["shapes"] for i in idx]
+                labels = torch.tensor([SHAPE_LABELS.index(s[0]) if len(s) == 1 else -100 for s in shapes])
+                feats = model.hf.vision_model(pixel_values=px.flatten(0, 1)).last_hidden_state.mean(1)
+                label_loss = torch.nn.functional.cross_entropy(
+                    label_head(feats), labels.repeat_interleave(px.shape[1]), ignore_index=-100)
+                loss = loss + args.label_weight * label_loss
+                model.last_loss_parts["label_loss"] = label_loss.detach()
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            model.last_loss_parts["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
             opt.step()
             losses.append(loss.item())
+            parts = {k: round(v.item(), 4) for k, v in model.last_loss_parts.items()}
             done = step + 1
             if done % args.log_every == 0:
                 emit(args, {"event": "ce", "step": done, "loss": round(float(np.mean(losses)), 4), **parts,
