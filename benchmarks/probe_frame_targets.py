@@ -156,8 +156,8 @@ def main() -> int:
     p.add_argument("--probe-every", type=int, default=200, help="probe shape every N steps (and at the last)")
     p.add_argument("--save-vit", default=None, help="save the trained ViT's state dict (for tune_tiny --init-vit)")
     args = p.parse_args()
-    if args.source == "stills" and args.target != "lsa":
-        p.error("stills: only --target lsa")
+    if args.source == "stills" and args.target not in ("lsa", "bank"):
+        p.error("stills: --target lsa or bank (stills have no labels and no clips)")
     torch.manual_seed(0)
     torch.set_num_threads(1)
     rng = np.random.default_rng(0 if args.source == "frames" else 5)
