@@ -1,7 +1,13 @@
 """The default recipe, shortened (a smaller synthetic set, fewer steps, the same engine continuing from
 CE to SCST), with a fixed seed: after CE the captions name colour and motion well above chance, and SCST
-raises its own reward and the test CIDEr without buying them by dropping content (no attribute accuracy
-falls by more than a few clips)."""
+raises its own reward without buying it by dropping content (no attribute accuracy falls by more than a few
+clips) or lowering the test CIDEr beyond this run's noise.
+
+Why a band and not "SCST CIDEr > CE CIDEr" here: the 2-rank run is not bit-reproducible (the same code and
+seed measured CE CIDEr 1.286 on 2026-12-04 and 1.301 on 2026-12-07), and 40 SCST steps move the beam-3
+CIDEr of 84 clips by about as much as that (+0.024 then -0.029). What 40 steps do move reliably is the
+sampled reward SCST optimises (+0.088, +0.081). The strict CIDEr gain is the main job's, measured on three
+seeds in README "Results"."""
 import json
 
 import pytest
@@ -12,6 +18,8 @@ SEED = 42
 # Chance: colour 0.2, motion 1/7 (a two-shape clip needs both named, so chance is lower still).
 COLOR_MIN, MOTION_MIN = 0.85, 0.55
 SCST_SLACK = 0.05  # one test clip is 1/84 = 0.012
+CIDER_NOISE = 0.05  # twice the run-to-run change of SCST's test CIDEr measured here (+0.024, -0.029)
+REWARD_GAIN_MIN = 0.03  # the sampled reward's rise over 40 steps: measured +0.088 and +0.081
 
 
 def test_scst_keeps_the_attributes_ce_learned(tmp_path_factory):
@@ -25,12 +33,13 @@ def test_scst_keeps_the_attributes_ce_learned(tmp_path_factory):
               "eval.num_beams=3", "eval.batch_size=64", timeout=900)
     summary = json.loads((out / "summary.json").read_text())
     ce, scst = summary["ce"]["test"], summary["scst"]["test"]
-    # Measured here (2026-12-04, the recipe's co-occurrence text side and SCST at lr 1e-4): CE colour / shape /
-    # motion / all 0.964 / 0.262 / 0.690 / 0.226, CIDEr 1.286; SCST 0.929 / 0.262 / 0.679 / 0.190, CIDEr 1.310,
-    # sampled reward 0.676 -> 0.764 (beam 3, 84 clips; the main job's figures: README, "Results").
+    # Measured here (the recipe's co-occurrence text side and SCST at lr 1e-4; beam 3, 84 clips; the main job's
+    # figures: README, "Results"), colour / shape / motion / all, CIDEr, sampled reward first -> last log:
+    #   2026-12-04: CE 0.964 / 0.262 / 0.690 / 0.226, 1.286; SCST 0.929 / 0.262 / 0.679 / 0.190, 1.310; 0.676 -> 0.764
+    #   2026-12-07: CE 0.905 / 0.238 / 0.714 / 0.179, 1.301; SCST 0.869 / 0.310 / 0.690 / 0.238, 1.272; 0.631 -> 0.712
     assert ce["color_acc"] >= COLOR_MIN and ce["motion_acc"] >= MOTION_MIN, ce
     for key in ("color_acc", "shape_acc", "motion_acc", "all_acc"):
         assert scst[key] >= ce[key] - SCST_SLACK, (key, ce[key], scst[key])
-    assert scst["CIDEr"] > ce["CIDEr"], (ce["CIDEr"], scst["CIDEr"])  # measured 1.286 -> 1.310
+    assert scst["CIDEr"] >= ce["CIDEr"] - CIDER_NOISE, (ce["CIDEr"], scst["CIDEr"])
     rewards = [m["reward"] for m in read_metrics(out) if m.get("phase") == "scst" and "reward" in m]
-    assert len(rewards) == 4 and rewards[-1] > rewards[0]  # measured 0.676 -> 0.764
+    assert len(rewards) == 4 and rewards[-1] >= rewards[0] + REWARD_GAIN_MIN, rewards
