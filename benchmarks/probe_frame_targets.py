@@ -41,13 +41,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from probe_shape import SHAPES, build_net  # noqa: E402
+from probe_shape import SHAPES, build_net, shape_frames  # noqa: E402
 from tiny_stills import STILLS_SEED, still_caption  # noqa: E402
 from tune_tiny import ROOT, load_split, to_pixels  # noqa: E402
 
 from ds_videocap.captions import training_references  # noqa: E402
 from ds_videocap.cooccur import cooccurrence_table  # noqa: E402
 from ds_videocap.synth import render_clip  # noqa: E402
+
+PROBE_TRAIN_FRAMES = 1500  # the linear shape probe's training frames (middle frames of single-object clips)
 
 
 def word_ids(docs: list[list[str]]) -> tuple[list[list[list[int]]], int]:
@@ -86,15 +88,8 @@ def shape_probe(features, train_x, train_y, val_x, val_y) -> float:
     return (head(f_val).argmax(1) == val_y).float().mean().item()
 
 
-def middle_frames(synth: Path, split: str, limit: int | None = None):
-    clips, frames = load_split(synth, split)
-    single = [i for i, c in enumerate(clips) if len(c.attributes["shapes"]) == 1][:limit]
-    x = to_pixels(frames[single][:, frames.shape[1] // 2][:, None])[:, 0]
-    return x, torch.tensor([SHAPES.index(clips[i].attributes["shapes"][0]) for i in single])
-
-
 def frame_batches(args, rng):
-    """-> (draw(batch) -> (pixels, target rows), targets, output width) for the `frames` mode."""
+    """-> (draw(batch) -> (pixels, target rows), targets) for the `frames` mode."""
     clips, frames = load_split(args.synth, "train")
     ids, vocab = word_ids([training_references(c.captions, 50) for c in clips])
     pool = np.arange(len(clips))
@@ -174,7 +169,8 @@ def main() -> int:
             if args.target == "frame_pairs" else nn.Linear(width, out))
     opt = torch.optim.AdamW(list(net.parameters()) + list(head.parameters()), lr=args.lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.steps, pct_start=0.1)
-    probe_data = (*middle_frames(args.synth, "train", 1500), *middle_frames(args.synth, "val"))
+    train_x, train_y = shape_frames(args.synth, "train")
+    probe_data = (train_x[:PROBE_TRAIN_FRAMES], train_y[:PROBE_TRAIN_FRAMES], *shape_frames(args.synth, "val"))
     unit_targets = F.normalize(targets.float(), dim=1) if args.target == "bank" else None
     first = rate = None
     start = time.time()

@@ -34,8 +34,9 @@ SHAPES = ("circle", "square", "triangle")
 CLIP_FRAMES = 4  # the synth recipe's data.frames (tune_tiny.py's default --frames)
 
 
-def shape_frames(synth: Path):
-    clips, frames = load_split(synth, "train")
+def shape_frames(synth: Path, split: str = "train"):
+    """The middle frame of each single-object clip of `split`, and its shape's index in SHAPES."""
+    clips, frames = load_split(synth, split)
     keep = [i for i, c in enumerate(clips) if len(c.attributes["shapes"]) == 1]
     labels = torch.tensor([SHAPES.index(clips[i].attributes["shapes"][0]) for i in keep])
     middle = frames[keep][:, frames.shape[1] // 2][:, None]  # (N, 1, H, W, 3)

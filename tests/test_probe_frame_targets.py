@@ -21,15 +21,14 @@ def run_probe(synth, *args):
     return proc.stdout
 
 
-def test_frames_and_stills_run_and_save_a_vit_the_captioner_loads(synth40, tmp_path):
-    from transformers import Blip2VisionConfig, Blip2VisionModel
+def test_frames_and_stills_run_and_save_a_vit_the_captioner_loads(synth40, tiny_folders, tmp_path):
+    from transformers import Blip2ForConditionalGeneration
 
     run_probe(synth40, "frames", "--target", "bank")
     saved = tmp_path / "vit.pt"
     out = run_probe(synth40, "stills", "--target", "lsa", "--rank", "4", "--stills", "40", "--balance", "2",
                     "--save-vit", str(saved))
     assert "co-occurrence spectrum" in out
-    # the recipe's ViT sizes (config.TINY_SIZES): the state dict must fit it key for key
-    vit = Blip2VisionModel(Blip2VisionConfig(hidden_size=96, intermediate_size=384, num_hidden_layers=2,
-                                             num_attention_heads=4, image_size=32, patch_size=8))
-    vit.load_state_dict(torch.load(saved))
+    # as tune_tiny.py --init-vit does: into the ViT of a tiny folder built with the recipe's sizes, key for key
+    captioner = Blip2ForConditionalGeneration.from_pretrained(tiny_folders["opt"])
+    captioner.vision_model.load_state_dict(torch.load(saved))
