@@ -80,7 +80,7 @@ def worker(args) -> None:
     import ds_videocap.loop as loop
     from ds_videocap.ce import ce_step
     from ds_videocap.data import SkipTracker
-    from ds_videocap.engine import compute_dtype
+    from ds_videocap.ds_json import compute_dtype
 
     overrides = [f"ce.micro_batch={args.micro}", f"ce.log_every={args.log_every}", "ce.eval_every=0",
                  "ce.save_every=0", "ce.warmup_steps=100"]

@@ -121,7 +121,8 @@ def worker_setup(model_dir: str, out: str, ds_json: str, overrides: list[str], m
     """init_distributed + the train path's model and engine (the synth recipe, all parts trained).
     `out` must be the same folder on every rank (the parent makes it); zero_overrides update the
     JSON's zero_optimization section; probe(label) is called once the model is built."""
-    from ds_videocap.engine import adapt_ds_config, init_distributed, initialize, read_ds_config
+    from ds_videocap.ds_json import adapt_ds_config, read_ds_config
+    from ds_videocap.engine import init_distributed, initialize
     from ds_videocap.optim import build_optimizer
     from ds_videocap.prepare import prepare_model
     from ds_videocap.recipe_io import load_recipe

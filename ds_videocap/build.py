@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from .config import TINY_SIZES
-from .engine import compute_dtype, zero_stage
+from .ds_json import compute_dtype, zero_stage
 from .errors import UserError
 from .export import EXTRA_JSON, read_extras
 from .model import MAX_FRAMES, VideoCaptioner

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from .engine import optimizer_offloaded
+from .ds_json import optimizer_offloaded
 from .errors import UserError
 
 

@@ -17,7 +17,7 @@ from .config import RECIPES_DIR
 CWD_ENV = "DS_VIDEOCAP_CWD"
 # Recipe fields holding a path (data.sources entries are handled apart: a list of mappings).
 PATH_FIELDS = ("output_dir", "resume", "init_from", "synth_dir", "data.videos", "data.train", "data.val",
-               "data.test", "model.path", "model.tokenizer")
+               "data.test", "model.path", "model.tokenizer", "vision.train", "vision.images")
 
 
 def user_dir() -> Path:

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .build import DEFAULT_PROMPTS, read_family, tiny_config
-from .engine import read_ds_config
+from .ds_json import read_ds_config
 from .errors import UserError
 from .model import MAX_FRAMES
 from .output import print_json

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .engine import optimizer_offloaded, param_offloaded, zero_stage
+from .ds_json import optimizer_offloaded, param_offloaded, zero_stage
 
 GIB = 1024 ** 3
 CUDA_ALLOWANCE = 2.0 * GIB  # CUDA context (~0.5-1 GiB), cuBLAS/NCCL workspaces, allocator fragmentation

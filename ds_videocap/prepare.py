@@ -23,6 +23,7 @@ from .reward import CiderD
 from .run_check import check_global_batch
 from .synth import make_synthetic_set
 from .trainable import count_parameters
+from .vision_stage import run_vision_stage
 
 
 def prepare_data(cfg, rank: int, ds_config: dict | None = None) -> dict:
@@ -73,10 +74,11 @@ def resolve_model_folder(cfg, rank: int):
 
 
 def prepare_model(cfg, ds_config: dict, rank: int, say):
-    """-> (resolved recipe, model): the folder resolved, the model built, config.yaml written (rank 0)
+    """-> (resolved recipe, model): the folder resolved (its ViT trained first when vision.steps is set),
+    the model built, config.yaml written (rank 0)
     with what the folder family's defaults resolved to (fusion, qformer_text), so that the run folder
     says what was trained."""
-    cfg = resolve_model_folder(cfg, rank)
+    cfg = run_vision_stage(resolve_model_folder(cfg, rank), ds_config, rank, say)
     model = build_model(cfg.model, cfg.lora, ds_config=ds_config,
                         word_head_pool=cfg.ce.words_pool if cfg.ce.words_weight else None)
     cfg = replace(cfg, model=replace(cfg.model, fusion=model.fusion, qformer_text=model.qformer_text))

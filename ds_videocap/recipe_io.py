@@ -1,6 +1,6 @@
 """Recipes in and out: a shipped recipe by name or a YAML file, dotted `key=value` overrides, and the
 resolved config.yaml a run folder keeps. Types are checked field by field against config.py's
-dataclasses; config.validate then applies every range and cross-field rule.
+dataclasses; recipe_rules.validate then applies every range and cross-field rule.
 """
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from typing import Any
 
 import yaml
 
-from .config import RECIPES_DIR, ConfigError, RecipeCfg, as_dict, validate
+from .config import RECIPES_DIR, ConfigError, RecipeCfg, as_dict
+from .recipe_rules import validate
 
 
 def list_recipes() -> list[str]:

@@ -1,5 +1,5 @@
 """The run check: every rule that crosses the recipe, the DeepSpeed JSON and the files they name,
-applied before any rank initialises torch.distributed (recipe-only rules live in config.validate).
+applied before any rank initialises torch.distributed (recipe-only rules live in recipe_rules.validate).
 
 A user error found here prints one line per rank and no traceback; found later, it would surface
 after dist init, from deep inside a library, or hang the other ranks.
@@ -12,12 +12,13 @@ from pathlib import Path
 from .annotations import read_annotations
 from .build import check_folder, image_settings, read_family_of_folder
 from .checkpoints import COMPLETE
-from .engine import read_ds_config, zero_stage
+from .ds_json import read_ds_config, zero_stage
 from .errors import UserError
 from .mixing import read_sources
 from .paths import absolute_paths, shipped_values, user_file
 from .quantize import quant_refusal
 from .recipe_io import load_recipe
+from .stills import read_image_captions
 from .synth import is_ready
 
 HYBRID_ENGINE_FAMILIES = ("opt", "llama")
@@ -26,7 +27,7 @@ HYBRID_ENGINE_FAMILIES = ("opt", "llama")
 def check_run(args, default_ds_config: str):
     """-> (validated recipe, DeepSpeed JSON as read); raises UserError naming the file and field."""
     recipe = user_file(args.recipe)  # paths the user gives are relative to where they stand
-    cfg = load_recipe(recipe, args.overrides)  # runs config.validate
+    cfg = load_recipe(recipe, args.overrides)  # runs recipe_rules.validate
     absolute_paths(cfg, shipped_values(recipe))  # stored absolute: eval/export/report work from anywhere
     ds_config = read_ds_config(user_file(args.deepspeed) or default_ds_config)
     if cfg.synth_dir:
@@ -45,6 +46,7 @@ def check_run(args, default_ds_config: str):
                                 f"model folder '{cfg.model.path}' takes {size}px frames: set data.image_size={size}, "
                                 "or model.image_size=N to feed N px frames (position embeddings interpolated)")
     check_annotation_files(cfg, ds_config, int(os.environ.get("WORLD_SIZE", "1")))
+    _check_vision_data(cfg)
     for field in ("resume", "init_from"):  # else found missing only after the engine is built
         folder = getattr(cfg, field)
         if folder and folder != "auto" and not (Path(folder) / COMPLETE).is_file():
@@ -52,6 +54,16 @@ def check_run(args, default_ds_config: str):
                             "folder (no COMPLETE marker); give <output_dir>/checkpoints/<phase>-<step>")
     check_recipe_with_json(cfg, ds_config)
     return cfg, ds_config
+
+
+def _check_vision_data(cfg) -> None:
+    if not cfg.vision.steps or cfg.init_from:  # init_from's weights replace the ViT: the stage is skipped
+        return
+    if not cfg.vision.train:
+        raise UserError(f"recipe '{cfg.name}': field 'vision.train' is empty but vision.steps is {cfg.vision.steps}: "
+                        "give an image-caption annotation file, or vision.steps=0")
+    if not (cfg.synth_dir and not is_ready(cfg.synth_dir, cfg.synth_videos, cfg.seed)):  # else checked once written
+        read_image_captions(cfg.vision.train, cfg.vision.images, f"recipe '{cfg.name}': field 'vision.train'")
 
 
 def check_recipe_with_json(cfg, ds_config: dict) -> None:
@@ -87,7 +99,7 @@ def _check_data_paths(cfg) -> None:
 def check_annotation_files(cfg, ds_config: dict, world: int) -> None:
     """Read every annotation split now (cheap), so a malformed record is reported before any rank
     initialises torch.distributed; files of a synthetic set not generated yet are checked later."""
-    pending = cfg.synth_dir and not is_ready(cfg.synth_dir)
+    pending = cfg.synth_dir and not is_ready(cfg.synth_dir, cfg.synth_videos, cfg.seed)
     if cfg.data.videos and not pending and not Path(cfg.data.videos).is_dir():
         raise UserError(f"recipe '{cfg.name}': field 'data.videos': folder '{cfg.data.videos}' not found")
     for split in ("train", "val", "test"):
@@ -129,3 +141,6 @@ def fill_synth_paths(cfg) -> None:
             setattr(cfg.data, key, str(value))
     if cfg.model.tokenizer is None:
         cfg.model.tokenizer = str(root / "tokenizer")
+    if cfg.vision.steps and cfg.vision.train is None:
+        cfg.vision.train = str(root / "annotations" / "stills_train.json")
+        cfg.vision.images = cfg.vision.images or str(root / "stills")

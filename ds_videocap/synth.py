@@ -5,11 +5,17 @@
   DIR/annotations/cap_{train,val,test}.json   LAVIS form, each record with "attributes"
   DIR/annotations/{val,test}_gt.json  COCO form, for pycocoevalcap
   DIR/tokenizer/                      sentencepiece model trained on the train captions
-  DIR/READY                           {"videos", "seed"}: a rerun with the same arguments is a no-op.
+  DIR/stills/<id>.png                 32x32 px stills: one frame each of fresh clips (5 per training clip)
+  DIR/annotations/stills_train.json   LAVIS image-caption form ({"image", "caption"}): five still captions
+                                      per still ("a red ball and a blue box": what one frame can show),
+                                      for the recipe's vision stage (vision_stage.py)
+  DIR/READY                           {"videos", "seed", "stills"}: a rerun with the same arguments is a no-op.
 
 Motion is only visible across frames: start position and size are drawn at random, so one frame
 shows where a shape is and how big, never which way it is going. Each clip is drawn from its own
 generator seeded by (seed, clip index), so the set is identical whether written by one process or two.
+The stills are frames of clips numbered from STILL_START on, which no split holds: no still shows a
+val or test clip.
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .synth_captions import COLORS, MOTIONS, SHAPES, attribute_accuracy, write_captions
+from .synth_captions import COLORS, MOTIONS, SHAPES, attribute_accuracy, still_caption, write_captions
 from .tokenizer import train_caption_tokenizer
 
 __all__ = ["make_synthetic_set", "synth_command", "attribute_accuracy", "render_clip"]
@@ -33,6 +39,8 @@ FPS = 8
 DEFAULT_SPLITS = {"train": 4000, "val": 300, "test": 300}
 TWO_SHAPE_SHARE = 0.2
 REFERENCES = 5
+STILLS_PER_TRAIN_CLIP = 5  # the standard set: 20,000 stills (the vision stage's 1600 x 128 draws: ~10 epochs)
+STILL_START = 10**6  # the stills' clip numbers: far above any split's
 RGB = {"red": (220, 40, 40), "green": (40, 190, 70), "blue": (50, 90, 235),
        "yellow": (235, 215, 30), "purple": (150, 60, 205)}
 _YS, _XS = np.mgrid[0:SIZE, 0:SIZE] + 0.5  # pixel centres (a constant grid)
@@ -131,14 +139,37 @@ def _make_clip(job: tuple[int, int, str]) -> dict:
     return {"video_id": video_id, "captions": captions, "attributes": attributes}
 
 
-def _render_all(total: int, seed: int, video_dir: Path, workers: int) -> list[dict]:
-    jobs = [(i, seed, str(video_dir)) for i in range(total)]
-    if workers <= 1 or total < 200:
-        return [_make_clip(job) for job in jobs]
+def _make_still(job: tuple[int, int, str]) -> list[dict]:
+    """One still (a random frame of fresh clip STILL_START + index) and its records, one per caption."""
+    from PIL import Image
+
+    index, seed, still_dir = job
+    frames, objects = render_clip(STILL_START + index, seed)
+    rng = np.random.default_rng([seed, STILL_START + index, 2])
+    name = f"still{index:06d}.png"
+    Image.fromarray(frames[rng.integers(len(frames))]).save(Path(still_dir) / name)
+    shown = [(o["color"], o["shape"]) for o in objects]
+    captions = [still_caption(rng, shown) for _ in range(REFERENCES)]  # independent draws, as measured
+    return [{"image": name, "caption": c, "image_id": name[:-4]} for c in captions]
+
+
+def _pool_map(function, jobs: list, workers: int) -> list:
+    if workers <= 1 or len(jobs) < 200:
+        return [function(job) for job in jobs]
     import multiprocessing as mp
 
     with mp.get_context("fork").Pool(workers) as pool:
-        return pool.map(_make_clip, jobs, chunksize=64)
+        return pool.map(function, jobs, chunksize=64)
+
+
+def _render_all(total: int, seed: int, video_dir: Path, workers: int) -> list[dict]:
+    return _pool_map(_make_clip, [(i, seed, str(video_dir)) for i in range(total)], workers)
+
+
+def _write_stills(count: int, seed: int, out: Path, workers: int) -> None:
+    (out / "stills").mkdir(parents=True)
+    records = _pool_map(_make_still, [(i, seed, str(out / "stills")) for i in range(count)], workers)
+    _write_json(out / "annotations" / "stills_train.json", [r for still in records for r in still])
 
 
 def _write_json(path: Path, payload) -> None:
@@ -180,18 +211,20 @@ def make_synthetic_set(out_dir: str | Path, videos: int | None = None, seed: int
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
     ready.unlink(missing_ok=True)
-    for sub in ("videos", "annotations", "tokenizer"):  # only what this command writes
+    for sub in ("videos", "annotations", "tokenizer", "stills"):  # only what this command writes
         shutil.rmtree(out / sub, ignore_errors=True)
     (out / "videos").mkdir(parents=True)
     clips = _render_all(stamp["videos"], stamp["seed"], out / "videos", workers)
     train_captions = _write_annotations(clips, sizes, out)
+    _write_stills(stamp["stills"], stamp["seed"], out, workers)
     train_caption_tokenizer(train_captions, out / "tokenizer")
     ready.write_text(json.dumps(stamp))
     return out
 
 
 def _stamp(videos: int | None, seed: int) -> dict:
-    return {"videos": sum(split_sizes(videos).values()), "seed": int(seed)}
+    sizes = split_sizes(videos)
+    return {"videos": sum(sizes.values()), "seed": int(seed), "stills": STILLS_PER_TRAIN_CLIP * sizes["train"]}
 
 
 def is_ready(out_dir: str | Path, videos: int | None = None, seed: int | None = None) -> bool:
@@ -217,6 +250,6 @@ def synth_command(args) -> int:
         return 0
     start = time.perf_counter()
     make_synthetic_set(out, args.videos, args.seed)
-    print(f"{out}: wrote {sizes['train']}/{sizes['val']}/{sizes['test']} train/val/test clips "
-          f"in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    print(f"{out}: wrote {sizes['train']}/{sizes['val']}/{sizes['test']} train/val/test clips and "
+          f"{stamp['stills']} stills in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return 0

@@ -90,6 +90,14 @@ def write_captions(rng: np.random.Generator, objects: list[tuple[str, str, str]]
     return captions
 
 
+def still_caption(rng: np.random.Generator, objects: list[tuple[str, str]]) -> str:
+    """What one frame can show of (colour, shape) objects: "a red ball and a blue box", never a motion."""
+    def noun(shape: str) -> str:
+        return SHAPE_WORDS[shape][rng.integers(len(SHAPE_WORDS[shape]))]
+
+    return " and ".join(f"a {color} {noun(shape)}" for color, shape in objects)
+
+
 def read_attributes(caption: str) -> dict[str, set[str]]:
     """Colours, shapes and motions named in a caption (any paraphrase of the templates)."""
     words = caption.lower().replace(",", " ").replace(".", " ").split()

@@ -16,7 +16,8 @@ import torch
 from .ce import ce_step
 from .checkpoints import find_resume, load_checkpoint
 from .data import SkipTracker, VideoCaptionDataset, build_loader
-from .engine import adapt_ds_config, compute_dtype, init_distributed, initialize
+from .ds_json import adapt_ds_config, compute_dtype
+from .engine import init_distributed, initialize
 from .loop import Phase, StepContext, TrainState, fit, steps_for
 from .metrics import start_meteor
 from .mixing import SourceCounter, mixed_epoch_order

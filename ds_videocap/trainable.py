@@ -23,7 +23,7 @@ def _lora_config(model, lora_cfg):
 def apply_trainable(model, model_cfg, lora_cfg, adapter_dir: Path | None = None) -> None:
     # peft is imported only where used: importing it costs each rank 3-8 s of start-up
     hf = model.hf
-    quantized = getattr(hf, "hf_quantizer", None) is not None  # model.quant with llm=full: config.validate
+    quantized = getattr(hf, "hf_quantizer", None) is not None  # model.quant with llm=full: recipe_rules.validate
     hf.requires_grad_(False)
     checkpoint_kwargs = {"use_reentrant": False}  # reentrant checkpoints drop grads when inputs are frozen
     lm = hf.language_model

@@ -10,9 +10,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Small and fast: a few steps of the default recipe on a small synthetic set.
+# Small and fast: a few steps of the default recipe on a small synthetic set (its vision stage too: 2 steps).
 FAST = ["ce.log_every=1", "scst.log_every=1", "eval.num_beams=2", "eval.batch_size=16", "data.num_workers=0",
-        "ce.micro_batch=8", "scst.micro_batch=4", "scst.samples=3"]
+        "ce.micro_batch=8", "scst.micro_batch=4", "scst.samples=3", "vision.steps=2", "vision.micro_batch=4",
+        "vision.log_every=1"]
 # The run conftest.zero3_offload_run shares between modules: CE then SCST, parameters gathered per rollout.
 # the contrastive term across ranks (the synth recipe's is per rank): the two-node test then checks that
 # the gathered term gives the same losses over TCP between launchers as within one

@@ -36,7 +36,7 @@ def data(tmp_path):
     train = tmp_path / "train.json"
     train.write_text(json.dumps([{"video": f"v{i}.mp4", "caption": "a dog"} for i in range(10)]))
     return tmp_path, ["synth_dir=null", f"data.train={train}", f"data.videos={tmp_path / 'videos'}",
-                      f"output_dir={tmp_path / 'run'}", "ce.micro_batch=2", "scst.micro_batch=2"]
+                      f"output_dir={tmp_path / 'run'}", "ce.micro_batch=2", "scst.micro_batch=2", "vision.steps=0"]
 
 
 def check(overrides, ds_json=ZERO0):
@@ -105,7 +105,7 @@ def test_hybrid_engine_is_refused_for_t5_and_on_cpu(tmp_path):
     import json
     from argparse import Namespace
 
-    from ds_videocap.engine import adapt_ds_config, read_ds_config
+    from ds_videocap.ds_json import adapt_ds_config, read_ds_config
     from ds_videocap.errors import UserError
     from ds_videocap.run_check import check_run
 
@@ -120,3 +120,19 @@ def test_hybrid_engine_is_refused_for_t5_and_on_cpu(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="hybrid_engine.enabled.*needs CUDA"):
             adapt_ds_config(read_ds_config(path), None, tmp_path)
+
+
+def test_the_vision_stage_needs_its_stills_before_any_rank_starts(data, tmp_path):
+    """The synth recipe's vision stage on a user's own data: no stills file, or one naming an image that
+    is not there, is reported naming the field; init_from skips the stage, so it needs none."""
+    root, overrides = data
+    overrides = [o for o in overrides if o != "vision.steps=0"]
+    with pytest.raises(UserError, match=r"field 'vision.train' is empty but vision.steps is 1600"):
+        check(overrides)
+    stills = tmp_path / "stills.json"
+    stills.write_text(json.dumps([{"image": "gone.png", "caption": "a dog"}]))
+    with pytest.raises(UserError, match=r"field 'vision.train': .*stills.json: 1 of 1 images not found"):
+        check([*overrides, f"vision.train={stills}"])
+    (tmp_path / "gone.png").write_bytes(b"")
+    cfg, _ = check([*overrides, f"vision.train={stills}"])
+    assert cfg.vision.train == str(stills)

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ds_videocap.engine import adapt_ds_config, read_ds_config
+from ds_videocap.ds_json import adapt_ds_config, read_ds_config
 from ds_videocap.errors import UserError
 from ds_videocap.optim import lr_at, param_groups
 

@@ -69,8 +69,9 @@ def test_input_size_follows_the_recipe_key_else_the_folder(tiny_folders):
 
 
 def test_recipe_refuses_a_tiny_image_size():
-    from ds_videocap.config import ConfigError, validate
+    from ds_videocap.config import ConfigError
     from ds_videocap.recipe_io import load_recipe
+    from ds_videocap.recipe_rules import validate
 
     assert load_recipe("synth", ["model.image_size=48"]).model.image_size == 48
     with pytest.raises(ConfigError, match="model.image_size"):

@@ -20,6 +20,9 @@ def user(tmp_path, monkeypatch):
     (home / "data" / "videos").mkdir(parents=True)
     records = [{"video": f"v{i}.mp4", "caption": "a dog"} for i in range(8)]
     (home / "data" / "train.json").write_text(json.dumps(records))
+    (home / "data" / "stills").mkdir()
+    (home / "data" / "stills" / "a.png").write_bytes(b"")  # the run check only asks that it is there
+    (home / "data" / "stills.json").write_text(json.dumps([{"image": "a.png", "caption": "a dog"}]))
     shutil.copy(ROOT / "ds_configs" / "zero0.json", home / "mine.json")
     (home / "my_recipe.yaml").write_text("model: {tiny: opt}\ndata: {train: data/train.json, videos: data/videos}\n"
                                          "ce: {micro_batch: 2}\nscst: {steps: 0}\n")
@@ -36,11 +39,12 @@ def check(recipe, ds_json, *overrides):
 def test_overrides_and_the_json_resolve_against_the_users_folder(user):
     cfg, ds_config = check("synth", "mine.json", "synth_dir=null", "data.train=data/train.json",
                            "data.videos=data/videos", "output_dir=out", "ce.micro_batch=2", "scst.steps=0",
-                           "resume=auto")
+                           "resume=auto", "vision.train=data/stills.json", "vision.images=data/stills")
     assert ds_config["_source"] == str(user / "mine.json")
     assert cfg.data.train == str(user / "data" / "train.json")
     assert cfg.data.videos == str(user / "data" / "videos")
     assert cfg.output_dir == str(user / "out") and cfg.resume == "auto"
+    assert cfg.vision.train == str(user / "data" / "stills.json") and cfg.vision.images == str(user / "data" / "stills")
 
 
 def test_shipped_defaults_stay_relative_to_the_repository(user):
@@ -58,7 +62,8 @@ def test_a_recipe_file_and_its_paths_resolve_against_the_users_folder(user):
 
 def test_a_missing_relative_path_names_the_users_folder(user):
     with pytest.raises(UserError, match=rf"field 'data.train': annotation file '{user}/nope.json' not found"):
-        check("synth", "mine.json", "synth_dir=null", "data.train=nope.json", "data.videos=data/videos")
+        check("synth", "mine.json", "synth_dir=null", "data.train=nope.json", "data.videos=data/videos",
+              "vision.steps=0")
 
 
 def test_a_moved_run_folder_finds_its_init_model(tmp_path, monkeypatch):

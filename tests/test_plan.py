@@ -58,7 +58,7 @@ def test_study_model_counts_match_the_published_sizes(opt67_spec):
 
 
 def test_zero3_shards_model_states_over_gpus(opt67_spec):
-    from ds_videocap.engine import read_ds_config
+    from ds_videocap.ds_json import read_ds_config
     from ds_videocap.plan import build_shape
     from ds_videocap.plan_memory import estimate_states
     cfg, spec = opt67_spec
@@ -73,7 +73,7 @@ def test_zero3_shards_model_states_over_gpus(opt67_spec):
 
 
 def test_offload_moves_optimizer_states_to_the_cpu(opt67_spec):
-    from ds_videocap.engine import read_ds_config
+    from ds_videocap.ds_json import read_ds_config
     from ds_videocap.plan import build_shape
     from ds_videocap.plan_memory import estimate_states
     cfg, spec = opt67_spec

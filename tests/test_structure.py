@@ -62,13 +62,21 @@ def test_collective_helpers_put_tensors_on_the_accelerator_device(monkeypatch):
     assert engine.collective_device() == torch.device(get_accelerator().current_device_name())
     made, seen = [], []
     monkeypatch.setattr(engine, "collective_device", lambda: made.append(1) or torch.device("cpu"))
-    fake = SimpleNamespace(all_reduce=lambda t, *a, **k: seen.append(t.device), ReduceOp=SimpleNamespace(MAX="max"),
+
+    def all_reduce(t, *a, **k):  # two ranks holding the same values
+        seen.append(t.device)
+        t.mul_(2)
+
+    fake = SimpleNamespace(all_reduce=all_reduce, ReduceOp=SimpleNamespace(MAX="max"), get_world_size=lambda: 2,
                            broadcast=lambda t, *a, **k: seen.append(t.device))
     monkeypatch.setattr(engine, "_dist", lambda: fake)
     engine.any_rank(True)
     engine.broadcast_float(1.5)
     engine.sum_over_ranks([1, 2])
-    assert len(made) == 3 and seen == [torch.device("cpu")] * 3
+    grads = [torch.ones(2, 3, dtype=torch.bfloat16), torch.full((4,), 3.0)]
+    engine.average_over_ranks(grads)  # in place, in each tensor's own dtype: the mean of equal copies
+    assert grads[0].dtype == torch.bfloat16 and grads[0].eq(1).all() and grads[1].eq(3).all()
+    assert len(made) == 4 and seen == [torch.device("cpu")] * 4
 
 
 def test_helpers_outside_a_distributed_run_return_this_process_values():

@@ -33,7 +33,7 @@ def test_layout_and_split_counts(synth_dir):
         assert {i["id"] for i in gt["images"]} == {r["image_id"] for r in records}
         assert len(gt["annotations"]) == sum(len(r["caption"]) for r in records)
     assert len(list((synth_dir / "videos").glob("*.mp4"))) == 40
-    assert read(synth_dir / "READY") == {"videos": 40, "seed": 3}
+    assert read(synth_dir / "READY") == {"videos": 40, "seed": 3, "stills": 5 * 34}
 
 
 def test_every_clip_has_five_refs_and_attributes(synth_dir):
@@ -61,7 +61,7 @@ def test_same_seed_same_set_and_rerun_is_a_no_op(synth_dir, tmp_path):
     import av
 
     other = make_synthetic_set(tmp_path / "again", videos=40, seed=3)
-    for name in ("cap_train.json", "cap_val.json", "cap_test.json", "val_gt.json", "test_gt.json"):
+    for name in ("cap_train.json", "cap_val.json", "cap_test.json", "val_gt.json", "test_gt.json", "stills_train.json"):
         assert (other / "annotations" / name).read_bytes() == (synth_dir / "annotations" / name).read_bytes()
 
     def first_frames(root):
@@ -76,11 +76,48 @@ def test_same_seed_same_set_and_rerun_is_a_no_op(synth_dir, tmp_path):
     assert (other / "videos" / "synth00007.mp4").stat().st_mtime_ns == stamp
 
 
+def test_stills_are_fresh_frames_with_captions_of_what_they_show(synth_dir, tmp_path):
+    """5 stills per training clip, each a 32x32 frame of a clip no split holds, its five captions naming
+    colours and shapes only (read back by the caption parser); the same seed writes the same pixels."""
+    from PIL import Image
+
+    from ds_videocap.stills import read_image_captions
+    from ds_videocap.synth import STILL_START, render_clip
+    from ds_videocap.synth_captions import read_attributes
+
+    stills = read_image_captions(synth_dir / "annotations" / "stills_train.json", synth_dir / "stills")
+    assert len(stills) == 5 * 34 and len(list((synth_dir / "stills").glob("*.png"))) == 5 * 34
+    for index, (image, captions) in enumerate(stills[:20]):
+        pixels = np.asarray(Image.open(image))
+        frames, objects = render_clip(STILL_START + index, 3)
+        assert pixels.shape == (32, 32, 3) and any(np.array_equal(pixels, f) for f in frames)
+        assert len(captions) == 5
+        for caption in captions:
+            named = read_attributes(caption)
+            assert named["colors"] == {o["color"] for o in objects}
+            assert named["shapes"] == {o["shape"] for o in objects} and not named["motions"], caption
+    video_frames = [render_clip(i, 3)[0][0] for i in range(40)]
+    first = np.asarray(Image.open(stills[0][0]))
+    assert not any(np.array_equal(first, f) for f in video_frames)  # not a frame of the set's own clips
+    again = make_synthetic_set(tmp_path / "again", videos=40, seed=3)
+    name = "still000007.png"
+    assert (again / "stills" / name).read_bytes() == (synth_dir / "stills" / name).read_bytes()
+
+
+def test_a_set_written_before_stills_existed_is_regenerated(tmp_path):
+    out = make_synthetic_set(tmp_path / "s", videos=6, seed=0)
+    (out / "READY").write_text(json.dumps({"videos": 6, "seed": 0}))  # the stamp of a set without stills
+    import shutil
+    shutil.rmtree(out / "stills")
+    make_synthetic_set(out, videos=6, seed=0)
+    assert len(list((out / "stills").glob("*.png"))) == 20
+
+
 def test_different_args_regenerate(tmp_path):
     out = make_synthetic_set(tmp_path / "s", videos=6, seed=0)
     before = (out / "annotations" / "cap_train.json").read_bytes()
     make_synthetic_set(out, videos=6, seed=1)
-    assert read(out / "READY") == {"videos": 6, "seed": 1}
+    assert read(out / "READY") == {"videos": 6, "seed": 1, "stills": 5 * 4}
     assert (out / "annotations" / "cap_train.json").read_bytes() != before
     make_synthetic_set(out, videos=3, seed=1)
     assert len(list((out / "videos").glob("*.mp4"))) == 3

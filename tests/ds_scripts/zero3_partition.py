@@ -9,7 +9,8 @@ import sys
 import torch
 import torch.distributed as dist
 
-from ds_videocap.engine import adapt_ds_config, exit_distributed, init_distributed, initialize, read_ds_config
+from ds_videocap.ds_json import adapt_ds_config, read_ds_config
+from ds_videocap.engine import exit_distributed, init_distributed, initialize
 from ds_videocap.generation import generation_context
 from ds_videocap.optim import build_optimizer
 from ds_videocap.prepare import prepare_model
