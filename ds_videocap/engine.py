@@ -127,7 +127,8 @@ def average_over_ranks(tensors: list[torch.Tensor]) -> None:
     dist = _dist()
     if dist is None or dist.get_world_size() == 1 or not tensors:
         return
-    flat = torch.cat([t.detach().reshape(-1).to(collective_device(), torch.float32) for t in tensors])
+    device = collective_device()
+    flat = torch.cat([t.detach().reshape(-1).to(device, torch.float32) for t in tensors])
     dist.all_reduce(flat)
     flat /= dist.get_world_size()
     offset = 0
