@@ -11,16 +11,13 @@ from __future__ import annotations
 import numpy as np
 
 from ds_videocap.synth import render_clip
-from ds_videocap.synth_captions import SHAPE_WORDS
+from ds_videocap.synth_captions import still_caption as caption_of_still
 
 STILLS_SEED = 999  # not the set's seed: fresh clips
 
 
 def still_caption(rng: np.random.Generator, objects: list[dict]) -> str:
-    def noun(shape: str) -> str:
-        return SHAPE_WORDS[shape][rng.integers(len(SHAPE_WORDS[shape]))]
-
-    return " and ".join(f"a {o['color']} {noun(o['shape'])}" for o in objects)
+    return caption_of_still(rng, [(o["color"], o["shape"]) for o in objects])
 
 
 class StillStream:

@@ -3,10 +3,13 @@
 The pipeline, in the order a training run goes through it (`ds-videocap train`, train.py):
   run_check.py    every rule across recipe, DeepSpeed JSON and files, before any rank starts;
                   paths.py resolves the user's paths against where they stand
-  config.py       the recipe's dataclasses and its own rules (validate); recipe_io.py reads YAML
-                  recipes with key=value overrides and writes the run's config.yaml
-  engine.py       the JSON's facts, distributed start/end, every collective, deepspeed.initialize
-  prepare.py      after dist init: the synthetic set, the annotation splits, the model folder, the
+  config.py       the recipe's dataclasses; recipe_rules.py its own rules (validate); recipe_io.py reads
+                  YAML recipes with key=value overrides and writes the run's config.yaml
+  ds_json.py      the DeepSpeed JSON's facts (ZeRO stage, offload, dtype) and its adaptation to the machine
+  engine.py       distributed start/end, every collective, deepspeed.initialize
+  prepare.py      after dist init: the synthetic set, the annotation splits, the model folder (its ViT
+                  first trained alone on captioned stills by vision_stage.py when vision.steps is set:
+                  stills.py reads them, vision_weights.py writes the ViT back into a folder), the
                   model, the CIDEr-D reward
   annotations.py  MSR-VTT / MSVD / VATEX / LAVIS / JSONL readers -> Clip records
   video.py, data.py   frame sampling and decoding; dataset, collate, resumable distributed sampler

@@ -42,3 +42,4 @@ def test_table_row_matches_the_recipe(name):
     assert ("LLM frozen" in trains) == (cfg.model.llm == "frozen")
     assert ("everything" in trains) == (cfg.model.llm == "full" and cfg.model.vit == "full")
     assert ("SCST" in trains) == bool(cfg.scst.steps and not cfg.ce.steps)
+    assert ("vision stage" in trains) == bool(cfg.vision.steps)
