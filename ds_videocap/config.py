@@ -81,6 +81,8 @@ class ModelCfg:
     """Add a learned frame-index embedding to the ViT tokens (zero-init for pretrained models)."""
     llm: str = "frozen"  # frozen | lora | full
     vit: str = "frozen"  # frozen | full
+    vit_lr_scale: float = 1.0
+    """The ViT's learning rate as a share of the phase's (CE and SCST), e.g. 0.3 for a ViT trained before."""
     quant: str | None = None
     """None | 8bit | 4bit: load the LLM with bitsandbytes."""
     prompt: str | None = None

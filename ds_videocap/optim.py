@@ -16,29 +16,32 @@ from .ds_json import optimizer_offloaded
 from .errors import UserError
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Trainable parameters only; no weight decay on biases, norms and 1-dim parameters.
+def param_groups(model: torch.nn.Module, weight_decay: float, vit_lr_scale: float = 1.0) -> list[dict]:
+    """Trainable parameters only; no weight decay on biases, norms and 1-dim parameters; with
+    vit_lr_scale != 1 the ViT's parameters in groups of their own whose lr is that share of the phase's.
 
     Each group carries "decay" (True/False) so that a later phase can set its own weight decay on the
-    right group (DeepSpeed's ZeRO optimizers keep extra group keys).
+    right group, and "lr_scale" for set_lr (DeepSpeed's ZeRO optimizers keep extra group keys).
     """
-    decay, no_decay = [], []
+    groups = {}  # (is ViT, decays) -> parameters; the LLM and Q-Former's first: logs read group 0's lr
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         ndim = len(getattr(p, "ds_shape", p.shape))
-        if ndim < 2 or "norm" in name.lower() or name.endswith(".bias"):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    if not decay and not no_decay:
+        decays = not (ndim < 2 or "norm" in name.lower() or name.endswith(".bias"))
+        vit = vit_lr_scale != 1.0 and "vision_model." in name
+        groups.setdefault((vit, decays), []).append(p)
+    if not groups:
         raise UserError("the model has no trainable parameters: check model.llm / model.vit and LoRA settings")
-    return [{"params": decay, "weight_decay": weight_decay, "decay": True},
-            {"params": no_decay, "weight_decay": 0.0, "decay": False}]
+    order = [(False, True), (False, False), (True, True), (True, False)]
+    return [{"params": groups.get(key, []), "weight_decay": weight_decay if key[1] else 0.0, "decay": key[1],
+             "lr_scale": vit_lr_scale if key[0] else 1.0}
+            for key in order if key in groups or not key[0]]
 
 
-def build_optimizer(model, ds_config: dict, lr: float, weight_decay: float, betas) -> torch.optim.Optimizer:
-    groups = param_groups(model, weight_decay)
+def build_optimizer(model, ds_config: dict, lr: float, weight_decay: float, betas,
+                    vit_lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    groups = param_groups(model, weight_decay, vit_lr_scale)
     if optimizer_offloaded(ds_config):
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
@@ -89,4 +92,4 @@ def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float
 
 def set_lr(engine, lr: float) -> None:
     for group in engine.optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -72,6 +72,8 @@ def validate(cfg: RecipeCfg) -> None:
     if cfg.eval.num_beams < 1 or cfg.eval.max_new_tokens < cfg.eval.min_new_tokens:
         fail("eval", "needs num_beams >= 1 and max_new_tokens >= min_new_tokens")
     _validate_vision(cfg.vision, fail)
+    if cfg.model.vit_lr_scale <= 0:
+        fail("model.vit_lr_scale", f"must be > 0 (model.vit=frozen freezes the ViT), got {cfg.model.vit_lr_scale}")
 
 
 def _validate_vision(vision, fail) -> None:

@@ -52,8 +52,8 @@ def train_command(args) -> int:
 
     phases = [p for p in PHASES if _runs(getattr(cfg, p))]
     first = getattr(cfg, phases[0])
-    engine = initialize(model, build_optimizer(model, ds_config, first.lr, first.weight_decay, first.betas),
-                        ds_config)
+    engine = initialize(model, build_optimizer(model, ds_config, first.lr, first.weight_decay, first.betas,
+                                               cfg.model.vit_lr_scale), ds_config)
     dtype = compute_dtype(ds_config)
     say(f"[engine] ZeRO stage {engine.zero_optimization_stage()}, {dtype}, {world} ranks, "
         f"device {engine.device}")

@@ -79,3 +79,23 @@ def test_param_groups_skip_frozen_and_exempt_bias_and_norm():
         p.requires_grad_(False)
     with pytest.raises(UserError, match="no trainable"):
         param_groups(model, 0.05)
+
+
+def test_vit_lr_scale_puts_the_vit_in_groups_of_its_own():
+    """model.vit_lr_scale: the ViT's weights and biases get that share of the phase's lr from set_lr; the
+    other groups come first (logs read group 0's lr) and keep theirs; at 1.0 the groups are as before."""
+    from types import SimpleNamespace
+
+    from ds_videocap.optim import set_lr
+
+    model = torch.nn.Module()
+    model.vision_model = torch.nn.Linear(4, 4)
+    model.qformer = torch.nn.Linear(4, 4)
+    groups = param_groups(model, 0.05, vit_lr_scale=0.3)
+    assert [(g["decay"], g["lr_scale"], len(g["params"])) for g in groups] == [
+        (True, 1.0, 1), (False, 1.0, 1), (True, 0.3, 1), (False, 0.3, 1)]
+    assert groups[2]["params"][0] is model.vision_model.weight
+    engine = SimpleNamespace(optimizer=torch.optim.AdamW(groups, lr=1.0))
+    set_lr(engine, 2e-3)
+    assert [g["lr"] for g in engine.optimizer.param_groups] == pytest.approx([2e-3, 2e-3, 6e-4, 6e-4])
+    assert len(param_groups(model, 0.05)) == 2
