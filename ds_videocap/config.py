@@ -205,6 +205,8 @@ class VisionCfg:
     weight_decay: float = 0.05
     micro_batch: int = 64
     """Stills per rank and step (the gradients are averaged over ranks)."""
+    num_workers: int | None = None
+    """Loader processes per rank for the stills (None: data.num_workers); 0 reads them in the rank itself."""
     text_rank: int = 8
     """The target: each still's captions as a vector of this many co-occurrence axes (cooccur.py)."""
     balance: float = 2.0

@@ -81,6 +81,8 @@ def _validate_vision(vision, fail) -> None:
                       ("balance", 0)):
         if (value := getattr(vision, name)) < low:
             fail(f"vision.{name}", f"must be >= {low}, got {value}")
+    if vision.num_workers is not None and vision.num_workers < 0:
+        fail("vision.num_workers", f"must be >= 0, got {vision.num_workers}")
     if vision.lr <= 0:
         fail("vision.lr", f"must be > 0, got {vision.lr}")
     if not 0 < vision.warmup_fraction < 1:

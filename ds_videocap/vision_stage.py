@@ -77,7 +77,7 @@ def run_vision_stage(cfg, ds_config: dict, rank: int, say):
     source = Path(cfg.model.path)
     target = Path(cfg.output_dir) / "init_model"
     settings = {"source": str(source.resolve()), "seed": cfg.seed, "image_size": cfg.data.image_size,
-                **{k: v for k, v in asdict(cfg.vision).items() if k != "log_every"}}
+                **{k: v for k, v in asdict(cfg.vision).items() if k not in ("log_every", "num_workers")}}
     done = _read_marker(target)
     if done is not None and done.get("settings") != settings and source.resolve() == target.resolve():
         raise UserError(f"{target / MARKER}: this folder's ViT was trained by a vision stage with other settings; "
@@ -118,7 +118,8 @@ def _train(cfg, ds_config: dict, rank: int, say) -> dict:
                                            generator=torch.Generator().manual_seed(cfg.seed * 1000 + rank))
     loader = torch.utils.data.DataLoader(
         StillDataset([image for image, _ in images], cfg.data.image_size, cfg.data.image_mean, cfg.data.image_std),
-        batch_size=vision.micro_batch, sampler=draws, num_workers=cfg.data.num_workers, drop_last=True)
+        batch_size=vision.micro_batch, sampler=draws, drop_last=True,
+        num_workers=cfg.data.num_workers if vision.num_workers is None else vision.num_workers)
     # bf16 runs train the stage under bf16 autocast too (fp16 stays fp32: no loss scaler here)
     amp = compute_dtype(ds_config) == torch.bfloat16
     native = vit.config.image_size

@@ -28,9 +28,10 @@ def test_scst_keeps_the_attributes_ce_learned(tmp_path_factory):
     root = tmp_path_factory.mktemp("scst_gain")
     synth = make_synthetic_set(root / "synth", videos=1200, seed=42)
     out = root / "run"
-    run_train(out, synth, "zero0.json", "synth_videos=1200", f"seed={SEED}", "ce.steps=400", "ce.micro_batch=32",
-              "ce.log_every=50", "scst.steps=40", "scst.micro_batch=16", "scst.samples=5", "scst.log_every=10",
-              "eval.num_beams=3", "eval.batch_size=64", timeout=900)
+    run_train(out, synth, "zero0.json", "synth_videos=1200", f"seed={SEED}", "vision.steps=800", "vision.micro_batch=64",
+              "vision.log_every=200", "ce.steps=400", "ce.micro_batch=32", "ce.log_every=50", "scst.steps=40",
+              "scst.micro_batch=16", "scst.samples=5", "scst.log_every=10", "eval.num_beams=3", "eval.batch_size=64",
+              timeout=900)
     summary = json.loads((out / "summary.json").read_text())
     ce, scst = summary["ce"]["test"], summary["scst"]["test"]
     # Measured here (the recipe's co-occurrence text side and SCST at lr 1e-4; beam 3, 84 clips; the main job's
