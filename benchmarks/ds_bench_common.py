@@ -128,7 +128,8 @@ def worker_setup(model_dir: str, out: str, ds_json: str, overrides: list[str], m
     from ds_videocap.recipe_io import load_recipe
 
     rank, world = init_distributed()
-    cfg = load_recipe("synth", [f"model.path={model_dir}", "model.tiny=null", f"output_dir={out}", *overrides])
+    cfg = load_recipe("synth", [f"model.path={model_dir}", "model.tiny=null", f"output_dir={out}", "vision.steps=0",
+                                *overrides])
     raw = read_ds_config(ROOT / "ds_configs" / ds_json)
     raw.setdefault("zero_optimization", {}).update(zero_overrides or {})
     ds = adapt_ds_config(raw, micro_batch if micro_batch is not None else cfg.ce.micro_batch, out,

@@ -18,7 +18,8 @@ from ds_videocap.recipe_io import load_recipe
 
 tokenizer, out, ds_json = sys.argv[1:4]
 rank, world = init_distributed()
-cfg = load_recipe("synth", [f"model.tokenizer={tokenizer}", f"output_dir={out}"])
+# the model as train builds it, without the recipe's vision stage (it needs the set's stills)
+cfg = load_recipe("synth", [f"model.tokenizer={tokenizer}", f"output_dir={out}", "vision.steps=0"])
 ds = adapt_ds_config(read_ds_config(ds_json), 2, out, say=lambda *_: None)
 ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0  # partition everything
 cfg, model = prepare_model(cfg, ds, rank, say=lambda *_: None)
