@@ -62,7 +62,7 @@ def _check_vision_data(cfg) -> None:
     if not cfg.vision.train:
         raise UserError(f"recipe '{cfg.name}': field 'vision.train' is empty but vision.steps is {cfg.vision.steps}: "
                         "give an image-caption annotation file, or vision.steps=0")
-    if not (cfg.synth_dir and not is_ready(cfg.synth_dir, cfg.synth_videos, cfg.seed)):  # else checked once written
+    if not _synth_pending(cfg):  # else checked once written
         read_image_captions(cfg.vision.train, cfg.vision.images, f"recipe '{cfg.name}': field 'vision.train'")
 
 
@@ -99,7 +99,7 @@ def _check_data_paths(cfg) -> None:
 def check_annotation_files(cfg, ds_config: dict, world: int) -> None:
     """Read every annotation split now (cheap), so a malformed record is reported before any rank
     initialises torch.distributed; files of a synthetic set not generated yet are checked later."""
-    pending = cfg.synth_dir and not is_ready(cfg.synth_dir, cfg.synth_videos, cfg.seed)
+    pending = _synth_pending(cfg)
     if cfg.data.videos and not pending and not Path(cfg.data.videos).is_dir():
         raise UserError(f"recipe '{cfg.name}': field 'data.videos': folder '{cfg.data.videos}' not found")
     for split in ("train", "val", "test"):
@@ -109,6 +109,11 @@ def check_annotation_files(cfg, ds_config: dict, world: int) -> None:
         clips = read_annotations(path, cfg.data.videos, fmt=cfg.data.format)
         if split == "train":
             check_global_batch(cfg, ds_config, len(clips), world)
+
+
+def _synth_pending(cfg) -> bool:
+    """Whether train will (re)generate the recipe's synthetic set: its files are not there yet to check."""
+    return bool(cfg.synth_dir) and not is_ready(cfg.synth_dir, cfg.synth_videos, cfg.seed)
 
 
 def check_global_batch(cfg, ds_config: dict, train_clips: int, world: int) -> None:
