@@ -46,8 +46,8 @@ from tiny_stills import STILLS_SEED, still_caption  # noqa: E402
 from tune_tiny import ROOT, load_split, to_pixels  # noqa: E402
 
 from ds_videocap.captions import training_references  # noqa: E402
-from ds_videocap.cooccur import cooccurrence_table  # noqa: E402
 from ds_videocap.synth import render_clip  # noqa: E402
+from ds_videocap.vision_stage import caption_vectors  # noqa: E402
 
 PROBE_TRAIN_FRAMES = 1500  # the linear shape probe's training frames (middle frames of single-object clips)
 
@@ -57,12 +57,11 @@ def word_ids(docs: list[list[str]]) -> tuple[list[list[list[int]]], int]:
     return [[[vocab.setdefault(w, len(vocab)) for w in c.split()] for c in doc] for doc in docs], len(vocab)
 
 
-def caption_vectors(ids, vocab: int, rank: int) -> torch.Tensor:
-    """(docs, rank): each document's references pooled in the co-occurrence space, axes standardised."""
-    table, spectrum = cooccurrence_table(ids, vocab, rank)
+def stage_targets(captions: list[list[str]], rank: int) -> torch.Tensor:
+    """Each document's caption vector as the vision stage builds it (vision_stage.caption_vectors)."""
+    targets, spectrum = caption_vectors(captions, rank, 50)
     print(f"co-occurrence spectrum {spectrum}", flush=True)
-    t = torch.stack([torch.stack([table[torch.tensor(r)].mean(0) for r in doc]).mean(0) for doc in ids])
-    return (t - t.mean(0)) / t.std(0).clamp_min(1e-6)
+    return targets
 
 
 def word_shares(ids, vocab: int) -> torch.Tensor:
@@ -100,7 +99,7 @@ def frame_batches(args, rng):
     elif args.target == "words":
         targets = word_shares(ids, vocab)
     else:
-        targets = caption_vectors(ids, vocab, args.rank)
+        targets = stage_targets([c.captions for c in clips], args.rank)
 
     def draw(batch):
         if args.target == "frame_pairs":  # batch/2 clips, two distinct frames each
@@ -122,7 +121,7 @@ def still_batches(args, rng):
         frames.append(clip[rng.integers(len(clip))])
         captions.append([still_caption(rng, objects) for _ in range(5)])
     frames = np.stack(frames)
-    targets = caption_vectors(*word_ids(captions), args.rank)
+    targets = stage_targets(captions, args.rank)
 
     def draw(batch):
         rows = rng.integers(len(frames), size=batch)
