@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .annotations import AnnotationError, _captions, _field, _load_json
+from .video import frames_to_tensor
 
 
 def read_image_captions(path, images_root=None, where: str = "") -> list[tuple[str, list[str]]]:
@@ -44,9 +46,7 @@ class StillDataset(torch.utils.data.Dataset):
     """(pixels (3, size, size) normalised as the model folder's image processor does, index) per image."""
 
     def __init__(self, images: list[str], size: int, mean, std):
-        self.images, self.size = images, size
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.images, self.size, self.mean, self.std = images, size, mean, std
 
     def __len__(self) -> int:
         return len(self.images)
@@ -59,8 +59,8 @@ class StillDataset(torch.utils.data.Dataset):
                 image = image.convert("RGB")
                 if image.size != (self.size, self.size):
                     image = image.resize((self.size, self.size), Image.BICUBIC)
-                pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+                pixels = np.asarray(image, dtype=np.uint8)
         except (OSError, UnidentifiedImageError) as err:
             raise AnnotationError(f"{self.images[index]}: cannot read the image ({err})") from None
-        pixels = pixels.view(self.size, self.size, 3).permute(2, 0, 1).float() / 255.0
-        return (pixels - self.mean) / self.std, index
+        # the video frames' own normalisation, so that a still and a frame of the same pixels are the same input
+        return frames_to_tensor(pixels[None], mean=self.mean, std=self.std)[0], index

@@ -120,3 +120,25 @@ def test_instructblip_vision_model_loads(tiny_folders):
     vit = load_vision_model(tiny_folders["llama"])
     assert type(vit).__name__ == "InstructBlipVisionModel"
     assert torch.isfinite(vit(pixel_values=torch.randn(1, 3, 32, 32)).last_hidden_state).all()
+
+
+def test_stage_leaves_each_ranks_random_stream_its_own(tiny_folders, tmp_path):
+    """train.py seeds each rank with seed + rank (dropout masks, SCST samples differ across ranks); the
+    stage seeds its head alike on every rank, and must not reset the ranks' streams to one shared state."""
+    from dataclasses import replace
+
+    from ds_videocap.recipe_io import load_recipe
+    from ds_videocap.vision_stage import _train
+
+    path = write_stills(tmp_path, [{"image": "a.png", "caption": "a red ball"},
+                                   {"image": "b.png", "caption": "a blue box"}])
+    cfg = load_recipe("synth")
+    cfg = replace(cfg, model=replace(cfg.model, path=str(tiny_folders["opt"])),
+                  data=replace(cfg.data, image_size=16, image_mean=[0.5] * 3, image_std=[0.25] * 3),
+                  vision=replace(cfg.vision, steps=2, micro_batch=2, train=str(path), images=str(tmp_path)))
+    after = []
+    for rank in (0, 1):
+        torch.manual_seed(cfg.seed + rank)
+        _train(cfg, {}, rank, lambda _: None)
+        after.append(torch.rand(4))
+    assert not torch.equal(after[0], after[1])
