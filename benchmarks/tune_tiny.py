@@ -11,7 +11,9 @@ The decoded clips (all 16 frames, uint8) are cached in /tmp once; training sampl
 with the launcher's random_segment rule, evaluation the uniform one. Optional SCST (--scst-steps)
 follows the repository's scst step (K samples, mean-of-others baseline, CIDEr-D reward). Still-frame
 experiments (tiny_stills.py): --stills-steps N trains on fresh stills with still captions before CE,
---mix-stills K adds K static still clips to every CE batch.
+--mix-stills K adds K static still clips to every CE batch. --video-stage-steps N trains the visual side
+alone first (ViT, frame embedding, Q-Former, projection: the vision stage's balanced regression, on each
+clip's caption vector). Evaluations also give the accuracies on the two-object clips alone (two_*).
 Prints one JSON line per evaluation; --out appends them to a file.
 """
 from __future__ import annotations
@@ -134,7 +136,11 @@ def evaluate(model, clips, frames, T, max_new_tokens=16, batch=100, num_beams=1)
     model.train()
     scores = score_split(caps, clips)
     keep = ("CIDEr", "color_acc", "shape_acc", "motion_acc", "all_acc")
-    return {k: round(float(scores[k]), 4) for k in keep}, caps
+    out = {k: round(float(scores[k]), 4) for k in keep}
+    from ds_videocap.synth_captions import attribute_accuracy
+    two = {c.video_id: c.attributes for c in clips if len(c.attributes.get("colors", ())) == 2}
+    out.update({f"two_{k}": round(v, 4) for k, v in attribute_accuracy(caps, two).items()})
+    return out, caps
 
 
 def decay_groups(model, wd, vit_lr_mult=1.0, llm_lr_mult=1.0):
@@ -229,6 +235,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--label-weight", type=float, default=0.0,
                    help="DIAGNOSTIC ONLY, it reads the set's shape labels: a per-frame shape classifier on the ViT, "
                         "trained jointly (an upper bound for any caption-derived vision term)")
+    p.add_argument("--video-stage-steps", type=int, default=0,
+                   help="before CE: ViT+Q-Former regress each clip's caption vector (balanced axes)")
+    p.add_argument("--video-stage-lr", type=float, default=1e-3)
+    p.add_argument("--video-stage-rank", type=int, default=16)
+    p.add_argument("--video-stage-balance", type=float, default=2.0)
+    p.add_argument("--video-stage-batch", type=int, default=64)
     p.add_argument("--clip", type=float, default=1.0, help="gradient clipping norm (logged as grad_norm)")
     p.add_argument("--save", default=None, help="save the CE state_dict here")
     p.add_argument("--load", default=None, help="skip CE: load this state_dict")
@@ -268,6 +280,8 @@ def main():
         model.hf.vision_model.load_state_dict(torch.load(args.init_vit))
     if args.freeze_vit:
         model.hf.vision_model.requires_grad_(False)
+    if args.video_stage_steps:
+        run_video_stage(args, model, train_clips, train_frames, rng)
     if args.load:
         model.load_state_dict(torch.load(args.load))
     else:
@@ -326,6 +340,41 @@ def main():
             torch.save(model.state_dict(), args.save)
     if args.scst_steps:
         run_scst(args, model, train_clips, train_frames, val_clips, val_frames, refs, rng)
+
+
+def run_video_stage(args, model, train_clips, train_frames, rng):
+    """The visual side alone (ViT, frame embedding, Q-Former, projection) regresses each clip's caption
+    vector (vision_stage.caption_vectors over its references), axes balanced by their loss rates."""
+    from ds_videocap.vision_stage import balanced_loss, caption_vectors
+
+    targets, spectrum = caption_vectors([c.captions for c in train_clips], args.video_stage_rank, 50)
+    emit(args, {"event": "video_stage", "spectrum": spectrum[:24]})
+    width = model.hf.language_projection.out_features
+    head = torch.nn.Linear(width, args.video_stage_rank)
+    params = [p for n, p in model.named_parameters() if p.requires_grad and "language_model" not in n]
+    params += list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=args.video_stage_lr, weight_decay=args.wd)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.video_stage_lr, total_steps=args.video_stage_steps,
+                                                pct_start=0.1)
+    state, t0, losses = {}, time.time(), []
+    model.train()
+    for step in range(args.video_stage_steps):
+        idx = rng.choice(len(train_clips), args.video_stage_batch, replace=False)
+        px = pick_frames(train_frames, idx, args.frames, rng, train=True)
+        pred = head(model.encode_visual(px).float().mean(1))
+        per_axis = ((pred - targets[torch.as_tensor(idx)]) ** 2).mean(0)
+        loss = balanced_loss(per_axis, state, args.video_stage_balance)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, args.clip)
+        opt.step()
+        sched.step()
+        losses.append(per_axis.detach().mean().item())
+        if (step + 1) % args.log_every == 0:
+            emit(args, {"event": "video_stage", "step": step + 1, "loss": round(float(np.mean(losses)), 4),
+                        "axes": [round(x, 3) for x in per_axis.tolist()],
+                        "s_per_step": round((time.time() - t0) / (step + 1), 3)})
+            losses = []
 
 
 def run_stills(args, model, stills, val_clips, val_frames):
