@@ -183,10 +183,7 @@ class VideoCaptioner(nn.Module):
         return out.logits[:, embeds.shape[1] - 1 - int(bos_too): -1]
 
     def forward(self, pixel_values, input_ids=None, attention_mask=None, labels=None, sequences=None,
-                generate_kwargs: dict | None = None, itc_weight: float = 0.0, itc_temperature: float = 0.1,
-                itc_across_ranks: bool = False, itc_text_pool: str = "mean", itc_swap_negatives: bool = False,
-                itc_references: dict | None = None, itc_text_side: str = "embedding",
-                words_weight: float = 0.0, word_references: dict | None = None):
+                generate_kwargs: dict | None = None, **terms):
         """Mean cross-entropy over caption tokens (labels -100 ignored): a scalar; plus itc_weight x the
         video-text contrastive loss over the batch (align.py) when itc_weight > 0, with every rank's
         videos and captions as negatives when itc_across_ranks (then every rank must call it), and the
@@ -197,17 +194,29 @@ class VideoCaptioner(nn.Module):
         itc_text_side picks the token vectors it pools (align.text_token_vectors). words_weight > 0 adds
         that much word-head loss (words.py) against word_references (as encode_references gives).
 
-        The same call serves the other two uses, so that under ZeRO-3 they can run through the
+        The same call serves the other uses, so that under ZeRO-3 they can run through the
         engine (`engine(pixels, sequences=s)`): only inside the engine's forward does DeepSpeed
         gather parameters that modules own directly (query tokens, frame embedding).
           sequences=...        -> sequence_logprobs(pixel_values, sequences): (logprobs, mask)
+          sequences=... and input_ids, attention_mask, labels -> (logprobs, mask, caption loss): one encoding
           generate_kwargs={..} -> generate(pixel_values, **generate_kwargs) (per-layer synced_gpus path)
         """
         if generate_kwargs is not None:
             return self.generate(pixel_values, **generate_kwargs)
-        if sequences is not None:
-            return self.sequence_logprobs(pixel_values, sequences)
         visual = self.encode_visual(pixel_values)
+        if sequences is not None:
+            logprobs, mask = self._logprobs_of(visual, sequences)
+            if input_ids is None:
+                return logprobs, mask
+            return logprobs, mask, self.forward_from_visual(visual, input_ids, attention_mask, labels)
+        return self.forward_from_visual(visual, input_ids, attention_mask, labels, **terms)
+
+    def forward_from_visual(self, visual, input_ids, attention_mask, labels, itc_weight: float = 0.0,
+                            itc_temperature: float = 0.1, itc_across_ranks: bool = False, itc_text_pool: str = "mean",
+                            itc_swap_negatives: bool = False, itc_references: dict | None = None,
+                            itc_text_side: str = "embedding", words_weight: float = 0.0,
+                            word_references: dict | None = None):
+        """forward's CE loss from the visual tokens encode_visual gave; the terms' arguments (forward's **terms)."""
         input_ids = input_ids.to(visual.device)
         logits = self._caption_logits(visual, input_ids, attention_mask.to(visual.device), bos_too=self.train_bos)
         labels = labels.to(visual.device)
@@ -247,7 +256,9 @@ class VideoCaptioner(nn.Module):
         visual features are computed once per video and repeated K times. Positions after the
         first stop token are 0 in both outputs.
         """
-        visual = self.encode_visual(pixel_values)
+        return self._logprobs_of(self.encode_visual(pixel_values), sequences)
+
+    def _logprobs_of(self, visual, sequences) -> tuple[torch.Tensor, torch.Tensor]:
         repeats = sequences.shape[0] // visual.shape[0]
         visual = visual.repeat_interleave(repeats, 0)
         sequences = sequences.to(visual.device)

@@ -82,11 +82,13 @@ def scst_step(engine, batch: dict, ctx):
     baseline = compute_baseline(rewards, cfg.baseline, greedy_rewards)
     advantages = torch.as_tensor(compute_advantages(rewards, baseline, cfg.advantage).reshape(-1), device=ctx.device)
 
-    logprobs, mask = engine(pixel_values=pixel_values, sequences=samples.to(ctx.device))
-    loss = policy_loss(logprobs, mask, advantages, cfg.length_norm)
-    if cfg.ce_weight:
+    if cfg.ce_weight:  # the CE term in the same forward: the videos are encoded once for both terms
         inputs = {n: v.to(ctx.device) for n, v in model.encode_text([r[0] for r in batch["references"]]).items()}
-        loss = loss + cfg.ce_weight * engine(pixel_values=pixel_values, **inputs)
+        logprobs, mask, ce_loss = engine(pixel_values=pixel_values, sequences=samples.to(ctx.device), **inputs)
+        loss = policy_loss(logprobs, mask, advantages, cfg.length_norm) + cfg.ce_weight * ce_loss
+    else:
+        logprobs, mask = engine(pixel_values=pixel_values, sequences=samples.to(ctx.device))
+        loss = policy_loss(logprobs, mask, advantages, cfg.length_norm)
     with torch.no_grad():
         token_mask = mask.to(logprobs.dtype)
         entropy_proxy = -(logprobs.detach() * token_mask).sum() / token_mask.sum().clamp(min=1)

@@ -59,7 +59,7 @@ class StillDataset(torch.utils.data.Dataset):
                 image = image.convert("RGB")
                 if image.size != (self.size, self.size):
                     image = image.resize((self.size, self.size), Image.BICUBIC)
-                pixels = np.asarray(image, dtype=np.uint8)
+                pixels = np.array(image, dtype=np.uint8)  # a writable copy: torch.from_numpy warns on a read-only one
         except (OSError, UnidentifiedImageError) as err:
             raise AnnotationError(f"{self.images[index]}: cannot read the image ({err})") from None
         # the video frames' own normalisation, so that a still and a frame of the same pixels are the same input

@@ -66,6 +66,35 @@ def test_sequence_logprobs_match_generate_scores(tiny_folders, family):
         assert (mask.sum(1) >= 1).all()
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_forward_gives_scst_logprobs_and_ce_loss_as_two_would(tiny_folders, family, dtype):
+    """SCST with a CE term encodes the videos once (forward with sequences and caption inputs): the same
+    log-probs, caption loss and gradients as the two separate forwards."""
+    torch.manual_seed(0)
+    model = load(tiny_folders[family]).to(dtype)
+    model.eval()  # no dropout: both ways see the same network
+    pixels = frames(batch=2, t=2).to(dtype)
+    sequences = model.generate(pixels, do_sample=True, num_return_sequences=3, max_new_tokens=6)
+    inputs = model.encode_text(CAPTIONS[:2])
+
+    def loss_and_grads(*outputs):
+        loss = -(outputs[0] * outputs[1]).sum() + 4 * outputs[2]
+        model.zero_grad()
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        return [outputs[0].detach(), outputs[2].detach()], grads
+
+    one = loss_and_grads(*model(pixels, sequences=sequences, **inputs))
+    two = loss_and_grads(*model(pixels, sequences=sequences), model(pixels, **inputs))
+    for a, b in zip(one[0] + one[1], two[0] + two[1]):
+        if dtype == torch.float32:
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        else:  # bf16 sums the shared visual gradient in another order: equal to its rounding, tensor-wide
+            assert (a.float() - b.float()).norm() <= 0.02 * b.float().norm() + 1e-3
+    assert len(one[1]) == len(two[1]) > 0
+
+
 def test_frame_embedding_breaks_concat_order_blindness(tiny_folders):
     # concat fusion alone cannot tell frame order (DESIGN.md); the frame-index embedding can.
     pixels = frames(batch=1, t=3)
