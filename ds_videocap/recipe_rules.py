@@ -49,8 +49,9 @@ def validate(cfg: RecipeCfg) -> None:
         fail("ce.steps", "and 'scst.steps' are both 0: nothing to train; give at least one phase steps >= 1")
     if cfg.ce.epochs is not None and cfg.ce.epochs < 1:
         fail("ce.epochs", "must be >= 1")
-    if cfg.scst.steps and cfg.scst.samples < 2 and cfg.scst.baseline == "mean_others":
-        fail("scst.samples", "must be >= 2 for the mean_others baseline")
+    if cfg.scst.steps and cfg.scst.samples < 2 and cfg.scst.baseline in ("mean_others", "beam_mean"):
+        # both baselines come from the K rollouts themselves: with one, every advantage is 0
+        fail("scst.samples", f"must be >= 2 for the {cfg.scst.baseline} baseline")
     if not 0 < cfg.scst.top_p <= 1:
         fail("scst.top_p", "must be within (0, 1]")
     if cfg.scst.temperature <= 0:

@@ -107,8 +107,11 @@ def _train(cfg, ds_config: dict, rank: int, say) -> dict:
     say(f"[vision] {len(images)} stills, {vision.text_rank} caption axes (singular values {spectrum}); "
         f"{vision.steps} steps of {vision.micro_batch} stills per rank")
     vit = load_vision_model(cfg.model.path).to(device).train()
-    torch.manual_seed(cfg.seed)  # the head starts the same on every rank
-    head = torch.nn.Linear(vit.config.hidden_size, vision.text_rank).to(device)
+    # The head starts the same on every rank; forked, so that the ranks' own streams (train.py seeds each
+    # with seed + rank: dropout masks, SCST samples) are not reset to one shared state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        head = torch.nn.Linear(vit.config.hidden_size, vision.text_rank).to(device)
     params = list(vit.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=vision.lr, weight_decay=vision.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, vision.lr, total_steps=vision.steps,

@@ -60,8 +60,10 @@ def test_cross_field_rules():
         load_recipe("synth", ["model.quant=4bit", "model.llm=full"])
     with pytest.raises(ConfigError, match="model.path"):
         load_recipe("msrvtt_flant5xl_ft")
-    with pytest.raises(ConfigError, match="scst.samples"):
-        load_recipe("synth", ["scst.samples=1"])
+    for baseline in ("mean_others", "beam_mean"):
+        with pytest.raises(ConfigError, match="scst.samples"):
+            load_recipe("synth", ["scst.samples=1", f"scst.baseline={baseline}"])
+    load_recipe("synth", ["scst.samples=1", "scst.baseline=greedy"])
 
 
 def test_recipe_file_errors(tmp_path):
