@@ -90,14 +90,13 @@ def shape_probe(features, train_x, train_y, val_x, val_y) -> float:
 def frame_batches(args, rng):
     """-> (draw(batch) -> (pixels, target rows), targets) for the `frames` mode."""
     clips, frames = load_split(args.synth, "train")
-    ids, vocab = word_ids([training_references(c.captions, 50) for c in clips])
     pool = np.arange(len(clips))
     if args.target == "label":
         pool = np.array([i for i, c in enumerate(clips) if len(c.attributes["shapes"]) == 1])
         targets = torch.full((len(clips),), -100)
         targets[pool] = torch.tensor([SHAPES.index(clips[i].attributes["shapes"][0]) for i in pool])
     elif args.target == "words":
-        targets = word_shares(ids, vocab)
+        targets = word_shares(*word_ids([training_references(c.captions, 50) for c in clips]))
     else:
         targets = stage_targets([c.captions for c in clips], args.rank)
 

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from ds_videocap.annotations import read_annotations  # noqa: E402
 from ds_videocap.captions import normalize_caption  # noqa: E402
 from ds_videocap.cooccur import cooccurrence_table  # noqa: E402
+from ds_videocap.synth_captions import attribute_accuracy  # noqa: E402
 from ds_videocap.video import CLIP_MEAN, CLIP_STD, read_frames, sample_indices  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -137,7 +138,6 @@ def evaluate(model, clips, frames, T, max_new_tokens=16, batch=100, num_beams=1)
     scores = score_split(caps, clips)
     keep = ("CIDEr", "color_acc", "shape_acc", "motion_acc", "all_acc")
     out = {k: round(float(scores[k]), 4) for k in keep}
-    from ds_videocap.synth_captions import attribute_accuracy
     two = {c.video_id: c.attributes for c in clips if len(c.attributes.get("colors", ())) == 2}
     out.update({f"two_{k}": round(v, 4) for k, v in attribute_accuracy(caps, two).items()})
     return out, caps
