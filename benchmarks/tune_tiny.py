@@ -41,6 +41,7 @@ from ds_videocap.video import CLIP_MEAN, CLIP_STD, read_frames, sample_indices  
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiny_stills import StillStream  # noqa: E402
 
+MOTION_LR_MULT = 1.0  # --motion-lr-mult: the learning rate of add_motion_input's parameters over the others'
 SHAPE_LABELS = ("circle", "square", "triangle")  # --label-weight's classes (the diagnostic only)
 
 
@@ -87,6 +88,7 @@ def build(args):
     cfg.model.tiny = None
     cfg.model.frame_embedding = not args.no_frame_embedding
     cfg.model.fusion = args.fusion or cfg.model.fusion
+    cfg.model.motion_tokens = args.motion_tokens
     model = build_model(cfg.model, cfg.lora, word_head_pool=args.words_pool if args.words_weight else None)
     g = torch.Generator().manual_seed(args.seed + 1)
     with torch.no_grad():
@@ -121,6 +123,77 @@ def build(args):
     return model
 
 
+def add_motion_input(model, kind):
+    """The ways of giving the captioner frame differences d_t = x_{t+1} - x_t (the last frame repeats the one
+    before) tried before motion.py (benchmarks/README.md, fourteenth round): "pixel" adds M d_t to the frame
+    (M 3x3, zero-init); "patch" adds a zero-init patch embedding of d_t to the frame's patch embedding;
+    "frames" runs d_t through the ViT as T more frames; "tokens" / "mlp" / "tubelet" give the Q-Former
+    more keys: a patch embedding of d_t (then GELU + linear for "mlp", of [x_t, x_t+1] for "tubelet") plus
+    the ViT's own position embeddings, LayerNorm'd. motion.py is "mlp" with a position table of its own."""
+    import types
+    emb = model.hf.vision_model.embeddings.patch_embedding
+    original = model.encode_visual
+
+    def deltas(px):
+        if px.shape[1] < 2:
+            return torch.zeros_like(px)
+        d = px[:, 1:] - px[:, :-1]
+        return torch.cat([d, d[:, -1:]], 1)
+
+    if kind == "frames":  # the differences as T more frames through the same ViT (frame embedding rows T..2T-1)
+        def encode(self, px):
+            return original(torch.cat([px, deltas(px)], 1))
+        model.encode_visual = types.MethodType(encode, model)
+        return
+    if kind in ("tokens", "tubelet", "mlp"):  # more Q-Former keys: a patch embedding of d + the ViT's positions
+        chans = 6 if kind == "tubelet" else 3
+        model.motion_patch = torch.nn.Conv2d(chans, emb.out_channels, emb.kernel_size, emb.stride, bias=False)
+        if kind == "mlp":
+            model.motion_mlp = torch.nn.Sequential(torch.nn.GELU(), torch.nn.Linear(emb.out_channels, emb.out_channels))
+        model.motion_norm = torch.nn.LayerNorm(emb.out_channels)
+        vision = model.hf.vision_model
+        state = {}
+
+        def add_tokens(m, i, out):
+            if "d" not in state:
+                return out
+            t = model.motion_patch(state["d"]).flatten(2).transpose(1, 2)
+            if kind == "mlp":
+                t = model.motion_mlp(t)
+            t = model.motion_norm(t + vision.embeddings.position_embedding[:, 1:].to(t.dtype))
+            out.last_hidden_state = torch.cat([out.last_hidden_state, t], 1)
+            return out
+        vision.register_forward_hook(add_tokens)
+
+        def encode(self, px):
+            d = deltas(px)
+            state["d"] = (torch.cat([px, px + d], 2) if kind == "tubelet" else d).flatten(0, 1)
+            try:
+                return original(px)
+            finally:
+                state.pop("d")
+        model.encode_visual = types.MethodType(encode, model)
+        return
+    if kind == "pixel":
+        model.motion_mix = torch.nn.Parameter(torch.zeros(3, 3))
+
+        def encode(self, px):
+            return original(px + torch.einsum("ij,btjhw->btihw", self.motion_mix, deltas(px)))
+    else:
+        model.motion_patch = torch.nn.Conv2d(3, emb.out_channels, emb.kernel_size, emb.stride, bias=False)
+        torch.nn.init.zeros_(model.motion_patch.weight)
+        state = {}
+        emb.register_forward_hook(lambda m, i, o: o + model.motion_patch(state["d"]) if "d" in state else o)
+
+        def encode(self, px):
+            state["d"] = deltas(px).flatten(0, 1)
+            try:
+                return original(px)
+            finally:
+                state.pop("d")
+    model.encode_visual = types.MethodType(encode, model)
+
+
 def evaluate(model, clips, frames, T, max_new_tokens=16, batch=100, num_beams=1):
     from ds_videocap.evaluate import score_split
 
@@ -150,6 +223,7 @@ def decay_groups(model, wd, vit_lr_mult=1.0, llm_lr_mult=1.0):
         if p.requires_grad:
             decay = not (p.ndim < 2 or "norm" in n.lower() or n.endswith(".bias"))
             mult = vit_lr_mult if "vision_model" in n else llm_lr_mult if "language_model" in n else 1.0
+            mult = MOTION_LR_MULT if n.startswith("motion_") else mult
             groups.setdefault((decay, mult), []).append(p)
     return [{"params": ps, "weight_decay": wd if decay else 0.0, "lr_mult": mult}
             for (decay, mult), ps in groups.items()]
@@ -241,6 +315,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--video-stage-rank", type=int, default=16)
     p.add_argument("--video-stage-balance", type=float, default=2.0)
     p.add_argument("--video-stage-batch", type=int, default=64)
+    p.add_argument("--motion-tokens", action=argparse.BooleanOptionalAction, default=False,
+                   help="model.motion_tokens (ds_videocap/motion.py)")
+    p.add_argument("--motion-input", default="none",
+                   choices=("none", "pixel", "patch", "frames", "tokens", "tubelet", "mlp"),
+                   help="the variants tried before motion.py (add_motion_input)")
+    p.add_argument("--motion-lr-mult", type=float, default=1.0, help="--motion-input parameters' lr multiplier")
     p.add_argument("--clip", type=float, default=1.0, help="gradient clipping norm (logged as grad_norm)")
     p.add_argument("--save", default=None, help="save the CE state_dict here")
     p.add_argument("--load", default=None, help="skip CE: load this state_dict")
@@ -256,6 +336,10 @@ def main():
     val_clips, val_frames = load_split(args.val_synth or args.synth, "val")
     refs = [[normalize_caption(c, 50) for c in clip.captions] for clip in train_clips]
     model = build(args)
+    if args.motion_input != "none":
+        add_motion_input(model, args.motion_input)
+        global MOTION_LR_MULT
+        MOTION_LR_MULT = args.motion_lr_mult
     if args.itc_text_side == "cooccur":
         ids = [model.caption_ids(clip) for clip in refs]
         model.text_table, _ = cooccurrence_table(ids, model.language_model.get_input_embeddings().num_embeddings,

@@ -13,9 +13,9 @@ The pipeline, in the order a training run goes through it (`ds-videocap train`, 
                   model, the CIDEr-D reward
   annotations.py  MSR-VTT / MSVD / VATEX / LAVIS / JSONL readers -> Clip records
   video.py, data.py   frame sampling and decoding; dataset, collate, resumable distributed sampler
-  build.py        a Hugging Face folder (or a tiny one built in code) -> VideoCaptioner (model.py),
-                  with processor.py's image settings, trainable.py's LoRA / frozen parts and
-                  quantize.py's bitsandbytes settings
+  build.py        a Hugging Face folder (or a tiny one built in code) -> VideoCaptioner (model.py;
+                  motion.py's frame-difference tokens when model.motion_tokens), with processor.py's
+                  image settings, trainable.py's LoRA / frozen parts and quantize.py's bitsandbytes settings
   optim.py        AdamW or CPU Adam, the lr schedule, the optimizer settings at the phase change
   loop.py         fit(): the one loop; backward, step and the non-finite rule for both phases
   ce.py, scst.py  the step functions (a micro-batch -> loss, metrics); ce.py may add align.py's

@@ -14,6 +14,7 @@ from .ds_json import compute_dtype, zero_stage
 from .errors import UserError
 from .export import EXTRA_JSON, read_extras
 from .model import MAX_FRAMES, VideoCaptioner
+from .motion import MotionTokens
 from .processor import has_processor_files, read_image_settings, save_processor
 from .quantize import disable_cpu_4bit_repacking, quant_device_map, quantization_config
 from .trainable import apply_trainable
@@ -179,6 +180,21 @@ def _frame_embedding(model_cfg, meta: dict, tensors: dict, vision_hidden: int):
     return torch.zeros(MAX_FRAMES, vision_hidden)  # a pretrained model starts out unchanged
 
 
+def _motion_tokens(model_cfg, tensors: dict, vision_config):
+    """motion.MotionTokens: a trained one from an export (always used, as the frame embedding is), else a
+    fresh one when model.motion_tokens; None otherwise."""
+    import math
+    trained = {k.removeprefix("motion_tokens."): v for k, v in tensors.items() if k.startswith("motion_tokens.")}
+    if not trained and not model_cfg.motion_tokens:
+        return None
+    patch = vision_config.patch_size
+    grid = math.isqrt(trained["position"].shape[0]) if trained else vision_config.image_size // patch
+    module = MotionTokens(vision_config.hidden_size, patch, grid)
+    if trained:
+        module.load_state_dict(trained)
+    return module
+
+
 def build_model(model_cfg, lora_cfg, ds_config: dict | None = None, frames: int | None = None,
                 word_head_pool: str | None = None):
     """Load model_cfg.path (a Hugging Face folder) as a VideoCaptioner with the trainable parts set.
@@ -241,12 +257,15 @@ def build_model(model_cfg, lora_cfg, ds_config: dict | None = None, frames: int 
     frame_embedding = _frame_embedding(model_cfg, meta, tensors, config.vision_config.hidden_size)
     if frame_embedding is not None:  # ZeRO-3 flattens all parameters into one buffer: one dtype for all
         frame_embedding = frame_embedding.to(dtype)
+    motion_tokens = _motion_tokens(model_cfg, tensors, config.vision_config)
+    if motion_tokens is not None:
+        motion_tokens = motion_tokens.to(dtype)
     model = VideoCaptioner(
         hf, tokenizer, family, fusion=fusion, prompt=prompt, frame_embedding=frame_embedding,
         max_txt_len=model_cfg.max_txt_len, qformer_tokenizer=qformer_tokenizer, qformer_text=qformer_text,
         train_bos=model_cfg.opt_train_bos, image_size=model_cfg.image_size or image_size,
         image_mean=image_mean, image_std=image_std, frames=frames or meta.get("frames"),
-        word_head_pool=word_head_pool)
+        word_head_pool=word_head_pool, motion_tokens=motion_tokens)
     adapter = folder / meta["lora_adapter"] if meta.get("lora_adapter") else None
     apply_trainable(model, model_cfg, lora_cfg, adapter_dir=adapter)
     model.ds_keepalive = ds_keepalive

@@ -79,6 +79,9 @@ class ModelCfg:
     None: the folder's (videocap.json), else per_frame for InstructBLIP-Video folders and concat otherwise."""
     frame_embedding: bool = False
     """Add a learned frame-index embedding to the ViT tokens (zero-init for pretrained models)."""
+    motion_tokens: bool = False
+    """Give the Q-Former one more token per patch and frame: a patch embedding of the frame's difference
+    to the next (motion.py), so that which way each object moves is a local feature bound to its colour."""
     llm: str = "frozen"  # frozen | lora | full
     vit: str = "frozen"  # frozen | full
     vit_lr_scale: float = 1.0

@@ -7,7 +7,7 @@ generation_config.json whose end token is the caption's stop token), so the stoc
 place for (fusion, prompt, frame embedding, a kept LoRA adapter) goes into side files that
 build_model reads back when present:
   videocap.json               {"family", "fusion", "prompt", "qformer_text", "frame_embedding", "lora_adapter"}
-  videocap_extra.safetensors  {"frame_embedding": (max_frames, vision_hidden)}
+  videocap_extra.safetensors  {"frame_embedding": (max_frames, vision_hidden), "motion_tokens.*": motion.py's}
   llm_adapter/                PEFT adapter folder (merge_lora=False only)
 """
 from __future__ import annotations
@@ -89,10 +89,13 @@ def save_hf_folder(model, out_dir: str | Path, merge_lora: bool = True, eval_cfg
     save_generation_config(out, model, eval_cfg or EvalCfg())
     meta = {"family": model.family, "fusion": model.fusion, "prompt": model.prompt,
             "qformer_text": model.qformer_text, "frame_embedding": model.frame_embedding is not None,
+            "motion_tokens": getattr(model, "motion_tokens", None) is not None,
             "lora_adapter": ADAPTER_DIR if has_lora and not merge_lora else None,
             "frames": getattr(model, "frames", None)}
     (out / EXTRA_JSON).write_text(json.dumps(meta, indent=2))
-    if model.frame_embedding is not None:
-        save_file({"frame_embedding": model.frame_embedding.detach().float().cpu().contiguous()},
-                  str(out / EXTRA_WEIGHTS))
+    extra = {} if model.frame_embedding is None else {"frame_embedding": model.frame_embedding}
+    if getattr(model, "motion_tokens", None) is not None:
+        extra.update({f"motion_tokens.{k}": v for k, v in model.motion_tokens.state_dict().items()})
+    if extra:
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in extra.items()}, str(out / EXTRA_WEIGHTS))
     return out

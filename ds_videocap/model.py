@@ -2,9 +2,9 @@
 
 Every layer is transformers' own: the captioner holds a whole Blip2ForConditionalGeneration /
 InstructBlipForConditionalGeneration as `self.hf` (so export is a save_pretrained) and adds only
-what video needs: running the ViT per frame, fusing frames before or after the Q-Former, and an
-optional frame-index embedding. The prompt is constant per model, so it is built here rather than
-in every batch: encode_text returns the caption part only and the prefix is prepended inside.
+what video needs: the ViT per frame, frame fusion before or after the Q-Former, an optional frame-index
+embedding and motion tokens (motion.py). The prompt is constant per model, so it is built here, not in
+every batch: encode_text returns the caption part only and the prefix is prepended inside.
 
 Token layout seen by the LLM (V = visual tokens, P = prompt ids):
   decoder-only (OPT, Llama):  [V; bos; P] -> caption ids ending with the stop token
@@ -29,7 +29,7 @@ class VideoCaptioner(nn.Module):
                  frame_embedding: torch.Tensor | None = None, max_txt_len: int = 50,
                  qformer_tokenizer=None, qformer_text: bool = False, train_bos: bool = False,
                  image_size: int | None = None, image_mean: tuple = (), image_std: tuple = (),
-                 frames: int | None = None, word_head_pool: str | None = None):
+                 frames: int | None = None, word_head_pool: str | None = None, motion_tokens: nn.Module | None = None):
         """image_size/mean/std: how the data pipeline must resize and normalise frames for this ViT
         (export writes them back); frames: the frame count it was trained with, when known;
         word_head_pool: add the training-only word head (words.py) with this pooling."""
@@ -49,6 +49,7 @@ class VideoCaptioner(nn.Module):
         # LAVIS's Blip2OPT (empty prompt) also trains the last visual position to predict bos.
         self.train_bos = train_bos and not self.is_encoder_decoder and not self.prompt
         self.frame_embedding = None if frame_embedding is None else nn.Parameter(frame_embedding)
+        self.motion_tokens = motion_tokens  # motion.MotionTokens or None
         self.pad_id = tokenizer.pad_token_id
         self.stop_ids = self._stop_ids()
         self.image_size = image_size or hf_model.config.vision_config.image_size
@@ -129,13 +130,14 @@ class VideoCaptioner(nn.Module):
         """(B, T, 3, H, W) -> LLM input embeddings (B, tokens, hidden); tokens = Q or T*Q."""
         hf = self.hf
         batch, frames = pixel_values.shape[:2]
-        dtype = hf.vision_model.embeddings.patch_embedding.weight.dtype
-        # Frames of another size than the ViT was trained at (e.g. 364 px on a 224 px checkpoint) get its
-        # position embeddings interpolated; at the native size the embeddings are used as they are.
+        # Frames of another size than the ViT's (364 px on a 224 px checkpoint) get its positions interpolated.
         native = hf.config.vision_config.image_size
+        dtype = hf.vision_model.embeddings.patch_embedding.weight.dtype
         vit = hf.vision_model(pixel_values=pixel_values.flatten(0, 1).to(dtype), return_dict=True,
                               interpolate_pos_encoding=tuple(pixel_values.shape[-2:]) != (native, native))
         tokens = vit.last_hidden_state.unflatten(0, (batch, frames))  # (B, T, N, D)
+        if self.motion_tokens is not None:  # what changed to the next frame: more keys per frame (motion.py)
+            tokens = torch.cat([tokens, self.motion_tokens(pixel_values).to(tokens.dtype)], 2)
         if self.frame_embedding is not None:
             if frames > getattr(self.frame_embedding, "ds_shape", self.frame_embedding.shape)[0]:
                 raise ValueError(f"{frames} frames but the frame embedding has {self.frame_embedding.shape[0]}")
@@ -184,15 +186,10 @@ class VideoCaptioner(nn.Module):
 
     def forward(self, pixel_values, input_ids=None, attention_mask=None, labels=None, sequences=None,
                 generate_kwargs: dict | None = None, **terms):
-        """Mean cross-entropy over caption tokens (labels -100 ignored): a scalar; plus itc_weight x the
-        video-text contrastive loss over the batch (align.py) when itc_weight > 0, with every rank's
-        videos and captions as negatives when itc_across_ranks (then every rank must call it), and the
-        caption pooled by its tokens' batch IDF when itc_text_pool is "idf" (align.batch_idf_weights),
-        and each video's caption with one word swapped as one more negative when itc_swap_negatives;
-        itc_references ({"input_ids", "attention_mask", "owner"}: every reference of each video, as
-        encode_references gives) makes the text side the mean over a video's references, and
-        itc_text_side picks the token vectors it pools (align.text_token_vectors). words_weight > 0 adds
-        that much word-head loss (words.py) against word_references (as encode_references gives).
+        """Mean cross-entropy over caption tokens (labels -100 ignored): a scalar; plus the CE phase's
+        auxiliary terms that **terms turn on (forward_from_visual's keywords): itc_weight x the video-text
+        contrastive loss (align.py; with itc_across_ranks every rank must call it) and words_weight x the
+        word-head loss (words.py).
 
         The same call serves the other uses, so that under ZeRO-3 they can run through the
         engine (`engine(pixels, sequences=s)`): only inside the engine's forward does DeepSpeed
@@ -216,7 +213,11 @@ class VideoCaptioner(nn.Module):
                             itc_swap_negatives: bool = False, itc_references: dict | None = None,
                             itc_text_side: str = "embedding", words_weight: float = 0.0,
                             word_references: dict | None = None):
-        """forward's CE loss from the visual tokens encode_visual gave; the terms' arguments (forward's **terms)."""
+        """forward's CE loss from the visual tokens encode_visual gave. The contrastive term (align.py): itc_text_pool
+        "idf" pools the caption by its tokens' batch IDF, itc_swap_negatives adds each caption with one word
+        swapped as a negative, itc_references (encode_references' form) makes the text side the mean over a
+        video's references, itc_text_side picks the token vectors (align.text_token_vectors). words_weight:
+        the word head (words.py) against word_references (encode_references' form)."""
         input_ids = input_ids.to(visual.device)
         logits = self._caption_logits(visual, input_ids, attention_mask.to(visual.device), bos_too=self.train_bos)
         labels = labels.to(visual.device)
@@ -281,16 +282,15 @@ class VideoCaptioner(nn.Module):
         embeds, mask = self._prefix(self.encode_visual(pixel_values))
         kwargs = dict(num_beams=num_beams, do_sample=do_sample, num_return_sequences=num_return_sequences,
                       max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, eos_token_id=self.stop_ids,
-                      pad_token_id=self.pad_id,
-                      synced_gpus=synced_gpus, return_dict_in_generate=True, output_scores=return_logprobs)
+                      pad_token_id=self.pad_id, synced_gpus=synced_gpus, return_dict_in_generate=True,
+                      output_scores=return_logprobs)
         if num_beams > 1:
             kwargs["length_penalty"] = length_penalty
         if repetition_penalty != 1.0:  # passed only when used: transformers warns about it with inputs_embeds
             kwargs["repetition_penalty"] = repetition_penalty
         if do_sample:  # top_k=0 switches transformers' top-k warper off (its default is 50)
             kwargs.update(temperature=temperature, top_k=top_k, top_p=top_p)
-        lm = self.language_model
-        out = lm.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+        out = (lm := self.language_model).generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
         # Decoder-only generate from inputs_embeds returns new tokens only; T5 starts with its start id.
         sequences = out.sequences[:, 1:] if self.is_encoder_decoder else out.sequences
         if not return_logprobs:

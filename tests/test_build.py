@@ -144,10 +144,12 @@ def test_export_is_an_ordinary_blip2_for_one_frame(tiny_folders, tmp_path):
     assert torch.equal(load(out).generate(pixels, max_new_tokens=6), ours)
 
 
-def test_export_round_trip_keeps_fusion_frame_embedding_and_adapter(tiny_folders, tmp_path):
+def test_export_round_trip_keeps_fusion_frame_embedding_motion_tokens_and_adapter(tiny_folders, tmp_path):
     from ds_videocap.export import save_hf_folder
 
-    model = load(tiny_folders["llama"], llm="lora", fusion="per_frame", frame_embedding=True).eval()
+    model = load(tiny_folders["llama"], llm="lora", fusion="per_frame", frame_embedding=True, motion_tokens=True).eval()
+    with torch.no_grad():  # trained-looking motion tokens: the export must carry these, not a fresh draw
+        model.motion_tokens.position.add_(torch.randn_like(model.motion_tokens.position))
     _perturb_lora(model)
     pixels = frames(batch=2, t=3)
     ours = model.decode(model.generate(pixels, max_new_tokens=6, num_beams=2))
@@ -156,6 +158,7 @@ def test_export_round_trip_keeps_fusion_frame_embedding_and_adapter(tiny_folders
     for llm in ("lora", "frozen"):  # keep training the adapter, or fold it in
         again = load(tmp_path / "adapter", llm=llm).eval()
         assert again.fusion == "per_frame" and again.frame_embedding is not None
+        assert torch.equal(again.motion_tokens.position, model.motion_tokens.position)
         assert again.decode(again.generate(pixels, max_new_tokens=6, num_beams=2)) == ours
 
 

@@ -1,6 +1,7 @@
 """ZeRO-3 on one CPU rank (gloo), in a subprocess so torch.distributed stays out of this process:
 build_model partitions as it loads, and loss, log-probs and generation run through the engine,
-whose forward is what gathers the parameters modules own directly (query tokens, frame embedding)."""
+whose forward is what gathers the parameters modules own directly (query tokens, frame embedding),
+with motion tokens (motion.py) on."""
 from __future__ import annotations
 
 import socket
@@ -22,7 +23,8 @@ SCRIPT = textwrap.dedent('''
     deepspeed.init_distributed("gloo")
     ds = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
           "zero_optimization": {"stage": 3}}
-    model = build_model(ModelCfg(path=sys.argv[1], frame_embedding=True, llm="lora"), LoraCfg(), ds_config=ds)
+    model = build_model(ModelCfg(path=sys.argv[1], frame_embedding=True, motion_tokens=True, llm="lora"), LoraCfg(),
+                        ds_config=ds)
     assert any(hasattr(p, "ds_id") for p in model.hf.language_model.parameters()), "partitioned while loading"
     trainable, total = count_parameters(model)
     assert 0 < trainable < total and total > 100_000, (trainable, total)
