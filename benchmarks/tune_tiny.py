@@ -13,7 +13,9 @@ follows the repository's scst step (K samples, mean-of-others baseline, CIDEr-D 
 experiments (tiny_stills.py): --stills-steps N trains on fresh stills with still captions before CE,
 --mix-stills K adds K static still clips to every CE batch. --video-stage-steps N trains the visual side
 alone first (ViT, frame embedding, Q-Former, projection: the vision stage's balanced regression, on each
-clip's caption vector). Evaluations also give the accuracies on the two-object clips alone (two_*).
+clip's caption vector). --motion-tokens turns on model.motion_tokens (ds_videocap/motion.py); --motion-input
+KIND gives the frame differences the other ways tried before it (add_motion_input). Evaluations also give the
+accuracies on the two-object clips alone (two_*).
 Prints one JSON line per evaluation; --out appends them to a file.
 """
 from __future__ import annotations

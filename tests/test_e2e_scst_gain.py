@@ -18,7 +18,7 @@ from e2e import read_metrics, run_train
 pytestmark = pytest.mark.slow
 SEED = 42
 # Chance: colour 0.2, shape 1/3, motion 1/7 (a two-shape clip needs both named, so chance is lower still).
-COLOR_MIN, SHAPE_MIN, MOTION_MIN = 0.70, 0.45, 0.35
+COLOR_MIN, SHAPE_MIN, MOTION_MIN = 0.70, 0.45, 0.60  # motion 0.50 before motion tokens, 0.83 with them
 SCST_SLACK = 0.05  # one test clip is 1/84 = 0.012
 CIDER_NOISE = 0.05  # twice the run-to-run change of SCST's test CIDEr measured here (+0.024, -0.029)
 REWARD_GAIN_MIN = 0.03  # the reward's rise over 40 steps: measured +0.088 and +0.081 (samples), +0.134 (beams)
@@ -46,6 +46,8 @@ def test_scst_keeps_the_attributes_ce_learned(tmp_path_factory):
     # with the study's SCST (scst.baseline=beam_mean: the logged reward is the 5 beams' mean, hence its scale),
     # lr 5e-5, and each rank's own random stream after the stage:
     #   2026-12-07: CE 0.869 / 0.536 / 0.512 / 0.357, 1.267; SCST 0.893 / 0.512 / 0.619 / 0.393, 1.343; 1.215 -> 1.349
+    # with motion tokens (model.motion_tokens):
+    #   2026-12-07: CE 0.881 / 0.500 / 0.833 / 0.488, 1.504; SCST 0.893 / 0.560 / 0.821 / 0.548, 1.668; 1.498 -> 1.601
     assert ce["color_acc"] >= COLOR_MIN and ce["shape_acc"] >= SHAPE_MIN and ce["motion_acc"] >= MOTION_MIN, ce
     for key in ("color_acc", "shape_acc", "motion_acc", "all_acc"):
         assert scst[key] >= ce[key] - SCST_SLACK, (key, ce[key], scst[key])
