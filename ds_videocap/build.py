@@ -7,6 +7,7 @@ Salesforce/blip2-* or instructblip-* checkpoint takes.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from .config import TINY_SIZES
@@ -183,7 +184,6 @@ def _frame_embedding(model_cfg, meta: dict, tensors: dict, vision_hidden: int):
 def _motion_tokens(model_cfg, tensors: dict, vision_config):
     """motion.MotionTokens: a trained one from an export (always used, as the frame embedding is), else a
     fresh one when model.motion_tokens; None otherwise."""
-    import math
     trained = {k.removeprefix("motion_tokens."): v for k, v in tensors.items() if k.startswith("motion_tokens.")}
     if not trained and not model_cfg.motion_tokens:
         return None
