@@ -89,12 +89,12 @@ def save_hf_folder(model, out_dir: str | Path, merge_lora: bool = True, eval_cfg
     save_generation_config(out, model, eval_cfg or EvalCfg())
     meta = {"family": model.family, "fusion": model.fusion, "prompt": model.prompt,
             "qformer_text": model.qformer_text, "frame_embedding": model.frame_embedding is not None,
-            "motion_tokens": getattr(model, "motion_tokens", None) is not None,
+            "motion_tokens": model.motion_tokens is not None,
             "lora_adapter": ADAPTER_DIR if has_lora and not merge_lora else None,
             "frames": getattr(model, "frames", None)}
     (out / EXTRA_JSON).write_text(json.dumps(meta, indent=2))
     extra = {} if model.frame_embedding is None else {"frame_embedding": model.frame_embedding}
-    if getattr(model, "motion_tokens", None) is not None:
+    if model.motion_tokens is not None:
         extra.update({f"motion_tokens.{k}": v for k, v in model.motion_tokens.state_dict().items()})
     if extra:
         save_file({k: v.detach().float().cpu().contiguous() for k, v in extra.items()}, str(out / EXTRA_WEIGHTS))

@@ -12,9 +12,8 @@ al. 2016, and TDN, Wang et al. 2021). MotionTokens embeds each frame's differenc
 with a patch embedding of the ViT's patch size and a GELU + linear layer (one nonlinearity: the linear
 embedding alone named the motions of two-object clips less often, benchmarks/README.md), adds a position
 table of its own and a LayerNorm (the ViT's tokens leave it through a LayerNorm too), and returns one
-token per patch. The ViT is left as
-it is: its tokens and what a pretrained one knows are unchanged; the Q-Former gets the motion tokens as
-more keys.
+token per patch. The ViT is left as it is: its tokens and what a pretrained one knows are unchanged; the
+Q-Former gets the motion tokens as more keys.
 
 The position table starts as a fixed 2D sine-cosine pattern (MAE's), so the tokens know where they
 are from the first step whatever the ViT learned; it trains with the rest. Frames of another size than
@@ -55,7 +54,6 @@ def sincos_table(grid: int, hidden: int) -> torch.Tensor:
 class MotionTokens(nn.Module):
     def __init__(self, hidden: int, patch_size: int, grid: int):
         super().__init__()
-        self.patch_size = patch_size
         self.patch = nn.Conv2d(3, hidden, patch_size, patch_size, bias=False)
         self.mix = nn.Linear(hidden, hidden)
         self.position = nn.Parameter(sincos_table(grid, hidden))
