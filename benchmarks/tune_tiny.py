@@ -91,6 +91,7 @@ def build(args):
     cfg.model.frame_embedding = not args.no_frame_embedding
     cfg.model.fusion = args.fusion or cfg.model.fusion
     cfg.model.motion_tokens = args.motion_tokens
+    cfg.model.motion_patch = args.motion_patch
     model = build_model(cfg.model, cfg.lora, word_head_pool=args.words_pool if args.words_weight else None)
     g = torch.Generator().manual_seed(args.seed + 1)
     with torch.no_grad():
@@ -319,6 +320,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--video-stage-batch", type=int, default=64)
     p.add_argument("--motion-tokens", action=argparse.BooleanOptionalAction, default=False,
                    help="model.motion_tokens (ds_videocap/motion.py)")
+    p.add_argument("--motion-patch", type=int, default=None, help="model.motion_patch (default: the ViT's)")
     p.add_argument("--motion-input", default="none",
                    choices=("none", "pixel", "patch", "frames", "tokens", "tubelet", "mlp"),
                    help="the variants tried before motion.py (add_motion_input)")

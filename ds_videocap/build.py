@@ -187,8 +187,14 @@ def _motion_tokens(model_cfg, tensors: dict, vision_config):
     trained = {k.removeprefix("motion_tokens."): v for k, v in tensors.items() if k.startswith("motion_tokens.")}
     if not trained and not model_cfg.motion_tokens:
         return None
-    patch = vision_config.patch_size
-    grid = math.isqrt(trained["position"].shape[0]) if trained else vision_config.image_size // patch
+    if trained:  # an export's own patch size and grid, whatever the recipe says
+        patch, grid = trained["patch.weight"].shape[-1], math.isqrt(trained["position"].shape[0])
+    else:
+        patch = model_cfg.motion_patch or vision_config.patch_size
+        if vision_config.image_size % patch:
+            raise UserError(f"model.motion_patch {patch} does not divide the ViT's frame size "
+                            f"{vision_config.image_size}")
+        grid = vision_config.image_size // patch
     module = MotionTokens(vision_config.hidden_size, patch, grid)
     if trained:
         module.load_state_dict(trained)

@@ -82,6 +82,8 @@ class ModelCfg:
     motion_tokens: bool = False
     """Give the Q-Former one more token per patch and frame: a patch embedding of the frame's difference
     to the next (motion.py), so that which way each object moves is a local feature bound to its colour."""
+    motion_patch: int | None = None
+    """The motion tokens' patch size in pixels (None: the ViT's). Smaller patches give more, finer keys."""
     llm: str = "frozen"  # frozen | lora | full
     vit: str = "frozen"  # frozen | full
     vit_lr_scale: float = 1.0

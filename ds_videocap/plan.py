@@ -103,8 +103,9 @@ def build_spec(config, model_cfg, lora_cfg) -> ModelSpec:
     family, lm = read_family(config), hf.language_model
     frame_emb = MAX_FRAMES * config.vision_config.hidden_size if model_cfg.frame_embedding else 0
     if model_cfg.motion_tokens:  # motion.MotionTokens: patch embedding (no bias), linear, positions, LayerNorm
-        vc, grid = config.vision_config, config.vision_config.image_size // config.vision_config.patch_size
-        frame_emb += vc.hidden_size * (3 * vc.patch_size ** 2 + vc.hidden_size + 1 + grid ** 2 + 2)
+        vc = config.vision_config
+        patch = model_cfg.motion_patch or vc.patch_size
+        frame_emb += vc.hidden_size * (3 * patch ** 2 + vc.hidden_size + 1 + (vc.image_size // patch) ** 2 + 2)
     params = {"vision": count(hf.vision_model), "llm": count(lm),
               "qformer": count(hf.qformer) + hf.query_tokens.numel() + count(hf.language_projection) + frame_emb}
     targets = lora_cfg.targets or LORA_TARGETS[family]

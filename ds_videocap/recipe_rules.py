@@ -73,6 +73,9 @@ def validate(cfg: RecipeCfg) -> None:
     if cfg.eval.num_beams < 1 or cfg.eval.max_new_tokens < cfg.eval.min_new_tokens:
         fail("eval", "needs num_beams >= 1 and max_new_tokens >= min_new_tokens")
     _validate_vision(cfg.vision, fail)
+    if cfg.model.motion_patch is not None and cfg.model.motion_patch < 1:
+        fail("model.motion_patch", f"must be a patch size in pixels >= 1, or null for the ViT's; got "
+                                   f"{cfg.model.motion_patch}")
     if cfg.model.vit_lr_scale <= 0:
         fail("model.vit_lr_scale", f"must be > 0 (model.vit=frozen freezes the ViT), got {cfg.model.vit_lr_scale}")
 

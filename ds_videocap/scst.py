@@ -83,7 +83,8 @@ def scst_step(engine, batch: dict, ctx):
     advantages = torch.as_tensor(compute_advantages(rewards, baseline, cfg.advantage).reshape(-1), device=ctx.device)
 
     if cfg.ce_weight:  # the CE term in the same forward: the videos are encoded once for both terms
-        inputs = {n: v.to(ctx.device) for n, v in model.encode_text([r[0] for r in batch["references"]]).items()}
+        # batch["captions"]: the reference the CE phase would train on (one drawn per clip and epoch)
+        inputs = {n: v.to(ctx.device) for n, v in model.encode_text(batch["captions"]).items()}
         logprobs, mask, ce_loss = engine(pixel_values=pixel_values, sequences=samples.to(ctx.device), **inputs)
         loss = policy_loss(logprobs, mask, advantages, cfg.length_norm) + cfg.ce_weight * ce_loss
     else:

@@ -147,7 +147,8 @@ def test_export_is_an_ordinary_blip2_for_one_frame(tiny_folders, tmp_path):
 def test_export_round_trip_keeps_fusion_frame_embedding_motion_tokens_and_adapter(tiny_folders, tmp_path):
     from ds_videocap.export import save_hf_folder
 
-    model = load(tiny_folders["llama"], llm="lora", fusion="per_frame", frame_embedding=True, motion_tokens=True).eval()
+    model = load(tiny_folders["llama"], llm="lora", fusion="per_frame", frame_embedding=True, motion_tokens=True,
+                 motion_patch=4).eval()  # the export's own patch size wins over the loader's default
     with torch.no_grad():  # trained-looking motion tokens: the export must carry these, not a fresh draw
         model.motion_tokens.position.add_(torch.randn_like(model.motion_tokens.position))
     _perturb_lora(model)

@@ -255,3 +255,42 @@ def test_flat_rewards_give_zero_loss_not_nan(tmp_path):
     run.fit(Phase("scst", phase_cfg(), scst_step, data, data, 1))
     assert run.logged[0]["loss"] == 0.0 and run.logged[0]["advantage_std"] == 0.0
     assert run.engine.step_calls == 1 and torch.all(run.engine.logprobs.grad == 0)
+
+
+def test_scst_ce_term_trains_on_the_reference_the_loader_drew(tmp_path):
+    """SCST's CE term (scst.ce_weight) takes batch["captions"], the reference drawn per clip and epoch
+    as in the CE phase, not each clip's first reference every time."""
+    from ds_videocap.scst import scst_step
+
+    class TextModel(StubModel):
+        def __init__(self):
+            super().__init__()
+            self.encoded = []
+
+        def encode_text(self, captions):
+            self.encoded.append(list(captions))
+            return {"input_ids": torch.ones(len(captions), 3, dtype=torch.long)}
+
+    class CETermEngine(StubSCSTEngine):
+        def __init__(self):
+            super().__init__()
+            self.module = TextModel()
+
+        def __call__(self, pixel_values, sequences, input_ids=None):
+            assert input_ids is not None, "the CE term's captions must reach the forward"
+            self.logprobs = torch.full(sequences.shape, -0.5, requires_grad=True)
+            return self.logprobs, torch.ones(sequences.shape), torch.tensor(0.7, requires_grad=True)
+
+    class DrawnBatch(OneBatch):
+        def __iter__(self):
+            yield {"pixel_values": torch.zeros(2, 2, 3, 8, 8), "references": [["a dog runs", "a dog is running"],
+                                                                             ["a cat", "a cat sits"]],
+                   "captions": ["a dog is running", "a cat sits"],
+                   "video_ids": ["v0", "v1"], "indices": [0, 1], "skipped": []}
+
+    run = scst_run(tmp_path, lambda n: [0.3] * n)
+    run.engine, run.scst = CETermEngine(), SCSTCfg(samples=3, ce_weight=2.0)
+    data = DrawnBatch()
+    run.fit(Phase("scst", phase_cfg(), scst_step, data, data, 1))
+    assert run.engine.module.encoded == [["a dog is running", "a cat sits"]]
+    assert run.logged[0]["loss"] == pytest.approx(2.0 * 0.7)  # flat rewards: the CE term alone

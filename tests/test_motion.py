@@ -36,11 +36,15 @@ def test_motion_tokens_see_only_what_moved():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("fusion", ["concat", "per_frame"])
-def test_captioner_with_motion_tokens_trains_them(tiny_folders, fusion, dtype):
-    model = load(tiny_folders["opt"], fusion=fusion, frame_embedding=True, motion_tokens=True).to(dtype)
+@pytest.mark.parametrize("fusion,motion_patch", [("concat", None), ("per_frame", None), ("concat", 4)])
+def test_captioner_with_motion_tokens_trains_them(tiny_folders, fusion, motion_patch, dtype):
+    model = load(tiny_folders["opt"], fusion=fusion, frame_embedding=True, motion_tokens=True,
+                 motion_patch=motion_patch).to(dtype)
     q, t = model.num_query_tokens, 3
     pixels = frames(batch=2, t=t).to(dtype)
+    vision = model.hf.config.vision_config
+    patch = motion_patch or vision.patch_size
+    assert model.motion_tokens(pixels).shape[2] == (vision.image_size // patch) ** 2  # one key per motion patch
     visual = model.encode_visual(pixels)
     assert visual.dtype == dtype and visual.shape[1] == (q if fusion == "concat" else t * q)
     loss = model(pixels, **model.encode_text(CAPTIONS[:2]))

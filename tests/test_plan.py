@@ -38,6 +38,7 @@ def _spec(folder, **fields):
 @pytest.mark.parametrize("family,fields", [("opt", {}), ("t5", {"llm": "lora"}), ("llama", {"vit": "full"}),
                                            ("opt", {"llm": "full", "frame_embedding": True}),
                                            ("t5", {"motion_tokens": True}),
+                                           ("opt", {"motion_tokens": True, "motion_patch": 4}),
                                            ("llama", {"llm": "lora"})])
 def test_meta_counts_match_the_built_model(folders, family, fields):
     from ds_videocap.build import build_model
