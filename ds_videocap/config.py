@@ -168,7 +168,7 @@ class SCSTCfg:
     length_norm: bool = False
     """Divide each sample's log-prob sum by its length."""
     ce_weight: float = 0.0
-    """Mix in this much cross-entropy loss."""
+    """Mix in this much cross-entropy loss, on the reference the loader drew for each clip (as CE trains)."""
     reset_optimizer: bool = False
     """Entering SCST after CE in the same run: true starts from fresh Adam moments (as a separate SCST
     run from a CE checkpoint does); false keeps CE's. Weight decay and betas are SCST's either way."""
