@@ -33,6 +33,8 @@ def test_overrides_apply_and_coerce():
     ("vision.num_workers=-1", ["vision.num_workers", ">= 0"]),
     ("vision.balance=-2", ["vision.balance", ">= 0"]),
     ("model.vit_lr_scale=0", ["model.vit_lr_scale", "> 0"]),
+    ("model.motion_patch=0", ["model.motion_patch", ">= 1"]),
+    ("model.motion_patch=four", ["model.motion_patch", "int"]),
     ("model.tiny_sizes.llm_layers=true", ["model.tiny_sizes.llm_layers", "positive integer"]),
     ("model.tiny_sizes=4", ["model.tiny_sizes", "positive integer"]),
     ("data.cache_mb=-1", ["data.cache_mb", ">= 0"]),

@@ -56,3 +56,10 @@ def test_captioner_with_motion_tokens_trains_them(tiny_folders, fusion, motion_p
     other[:, 1:] = frames(batch=2, t=t - 1, seed=5).to(dtype)
     with torch.no_grad():
         assert not torch.allclose(model.encode_visual(other), visual.detach())
+
+
+def test_a_motion_patch_that_does_not_tile_the_frame_is_refused(tiny_folders):
+    from ds_videocap.errors import UserError
+
+    with pytest.raises(UserError, match=r"model.motion_patch 5 does not divide the ViT's frame size"):
+        load(tiny_folders["opt"], motion_tokens=True, motion_patch=5)
