@@ -9,8 +9,9 @@ The difference of two consecutive frames makes motion local. An object moving ri
 at its leading edge and removes it at its trailing edge, within a patch or two, so one patch of the
 difference says what moved, which way and of what colour (the RGB-difference input of TSN, Wang et
 al. 2016, and TDN, Wang et al. 2021). MotionTokens embeds each frame's difference to the next frame
-with a patch embedding of the ViT's patch size and a GELU + linear layer (one nonlinearity: the linear
-embedding alone named the motions of two-object clips less often, benchmarks/README.md), adds a position
+with a patch embedding (the ViT's patch size, or model.motion_patch's) and a GELU + linear layer (one
+nonlinearity: the linear embedding alone named the motions of two-object clips less often,
+benchmarks/README.md), adds a position
 table of its own and a LayerNorm (the ViT's tokens leave it through a LayerNorm too), and returns one
 token per patch. The ViT is left as it is: its tokens and what a pretrained one knows are unchanged; the
 Q-Former gets the motion tokens as more keys.
