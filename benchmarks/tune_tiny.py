@@ -255,6 +255,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--total-steps", type=int, default=None, help="schedule length (default --steps)")
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--beta2", type=float, default=0.999, help="AdamW's second-moment decay (ce.betas[1])")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--min-lr", type=float, default=1e-5)
     p.add_argument("--warmup", type=int, default=100)
@@ -377,7 +378,7 @@ def main():
         if args.label_weight:
             label_head = torch.nn.Linear(model.hf.vision_model.config.hidden_size, len(SHAPE_LABELS))
             groups.append({"params": list(label_head.parameters()), "weight_decay": 0.0, "lr_mult": 1.0})
-        opt = torch.optim.AdamW(groups, lr=args.lr)
+        opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, args.beta2))
         total = args.total_steps or args.steps
         order, pos, losses, t0 = rng.permutation(len(train_clips)), 0, [], time.time()
         model.train()

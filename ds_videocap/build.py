@@ -34,20 +34,22 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.j
 
 
 # ----- tiny folders ------------------------------------------------------------------------------
-def tiny_text_config(family: str, vocab: int, hidden: int, layers: int, tok) -> dict:
+def tiny_text_config(family: str, vocab: int, hidden: int, layers: int, tok, dropout: float = 0.0) -> dict:
     ids = dict(vocab_size=vocab, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     if family == "t5":
         return dict(model_type="t5", d_model=hidden, d_kv=hidden // 4, d_ff=hidden * 4, num_layers=layers,
                     num_decoder_layers=layers, num_heads=4, decoder_start_token_id=tok.pad_token_id,
                     # tied: T5 then scales the decoder output by d_model**-0.5; untied, a from-scratch
                     # head starts with logits of std ~sqrt(d_model) (loss ~46 instead of ~5)
-                    tie_word_embeddings=True, **ids)
+                    tie_word_embeddings=True, dropout_rate=dropout, **ids)
     ids["bos_token_id"] = tok.bos_token_id
     if family == "opt":
         return dict(model_type="opt", hidden_size=hidden, word_embed_proj_dim=hidden, ffn_dim=hidden * 4,
-                    num_hidden_layers=layers, num_attention_heads=4, max_position_embeddings=256, **ids)
+                    num_hidden_layers=layers, num_attention_heads=4, max_position_embeddings=256, dropout=dropout,
+                    attention_dropout=dropout, activation_dropout=dropout, **ids)
     return dict(model_type="llama", hidden_size=hidden, intermediate_size=hidden * 3, num_hidden_layers=layers,
-                num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256, **ids)
+                num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256, attention_dropout=dropout,
+                **ids)
 
 
 def tiny_tokenizer(family: str, tokenizer_dir: str | Path):
@@ -65,14 +67,9 @@ def tiny_tokenizer(family: str, tokenizer_dir: str | Path):
 
 
 def tiny_config(family: str, vocab: int, tok, image_size: int, sizes: dict | None = None,
-                image_token_index: int | None = None):
-    """-> (config, model class) of the tiny from-scratch model: config.TINY_SIZES, less what `sizes` changes."""
-    from transformers import (
-        Blip2Config,
-        Blip2ForConditionalGeneration,
-        InstructBlipConfig,
-        InstructBlipForConditionalGeneration,
-    )
+                image_token_index: int | None = None, dropout: float = 0.0):
+    """-> (config, model class) of the tiny model: TINY_SIZES less what `sizes` changes; `dropout` everywhere."""
+    import transformers
 
     unknown = set(sizes or {}) - set(TINY_SIZES)
     if unknown:
@@ -82,14 +79,16 @@ def tiny_config(family: str, vocab: int, tok, image_size: int, sizes: dict | Non
         raise UserError(f"tiny model: patch_size {s['patch_size']} does not divide the frame size {image_size}")
     vision = dict(hidden_size=s["vision_hidden"], intermediate_size=s["vision_hidden"] * 4,
                   num_hidden_layers=s["vision_layers"], num_attention_heads=4, image_size=image_size,
-                  patch_size=s["patch_size"],
+                  patch_size=s["patch_size"], attention_dropout=dropout,
                   initializer_range=0.02)  # the BLIP-2 default, 1e-10, leaves a from-scratch ViT blind
     qformer = dict(hidden_size=s["qformer_hidden"], num_hidden_layers=s["qformer_layers"], num_attention_heads=4,
                    intermediate_size=s["qformer_hidden"] * 4, encoder_hidden_size=s["vision_hidden"],
-                   cross_attention_frequency=1, vocab_size=vocab, pad_token_id=tok.pad_token_id)
-    text = tiny_text_config(family, vocab, s["llm_hidden"], s["llm_layers"], tok)
-    config_cls, model_cls = ((InstructBlipConfig, InstructBlipForConditionalGeneration) if family == "llama"
-                             else (Blip2Config, Blip2ForConditionalGeneration))
+                   cross_attention_frequency=1, vocab_size=vocab, pad_token_id=tok.pad_token_id,
+                   hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    text = tiny_text_config(family, vocab, s["llm_hidden"], s["llm_layers"], tok, dropout)
+    config_cls, model_cls = (
+        (transformers.InstructBlipConfig, transformers.InstructBlipForConditionalGeneration) if family == "llama"
+        else (transformers.Blip2Config, transformers.Blip2ForConditionalGeneration))
     extra = {} if image_token_index is None else {"image_token_index": image_token_index}
     config = config_cls(vision_config=vision, qformer_config=qformer, text_config=text,
                         num_query_tokens=s["num_query_tokens"], **extra)
@@ -97,9 +96,9 @@ def tiny_config(family: str, vocab: int, tok, image_size: int, sizes: dict | Non
 
 
 def build_tiny_folder(family: str, tokenizer_dir: str | Path, out_dir: str | Path, image_size: int = 32,
-                      seed: int = 0, **sizes) -> Path:
+                      seed: int = 0, dropout: float = 0.0, **sizes) -> Path:
     """Write a from-scratch tiny BLIP-2 (opt, t5) or InstructBLIP (llama) as a Hugging Face folder;
-    `sizes` change config.TINY_SIZES (patch_size=4, vision_hidden=64, ...)."""
+    `sizes` change config.TINY_SIZES (patch_size=4, vision_hidden=64, ...); `dropout` is every dropout's p."""
     import torch
     from transformers import LlamaTokenizerFast
 
@@ -108,7 +107,7 @@ def build_tiny_folder(family: str, tokenizer_dir: str | Path, out_dir: str | Pat
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = tiny_tokenizer(family, tokenizer_dir)
-    config, model_cls = tiny_config(family, len(tok), tok, image_size, sizes,
+    config, model_cls = tiny_config(family, len(tok), tok, image_size, sizes, dropout=dropout,
                                     image_token_index=tok.convert_tokens_to_ids("<image>"))
     num_query_tokens = config.num_query_tokens
     torch.manual_seed(seed)

@@ -74,6 +74,9 @@ class ModelCfg:
     """Tokenizer folder for tiny models (default: the synthetic set's tokenizer/)."""
     tiny_sizes: dict = field(default_factory=dict)
     """Sizes of the tiny model that differ from config.TINY_SIZES, e.g. {patch_size: 4, vision_hidden: 64}."""
+    tiny_dropout: float = 0.0
+    """Every dropout of the tiny model (ViT attention, Q-Former, LLM). transformers' configs say 0.1; a
+    from-scratch model that sees each clip a dozen times learns faster without (benchmarks/README.md)."""
     fusion: str | None = None
     """concat: all frames in one Q-Former pass (the study); per_frame: one pass per frame (InstructBLIP-Video).
     None: the folder's (videocap.json), else per_frame for InstructBLIP-Video folders and concat otherwise."""

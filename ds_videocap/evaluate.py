@@ -28,6 +28,7 @@ from .output import print_json
 from .paths import follow_run_folder
 from .recipe_io import load_saved_config
 from .synth import attribute_accuracy
+from .trainable import train_mode
 from .words import HEAD_KEY as WORD_HEAD_KEY
 
 
@@ -93,7 +94,8 @@ def plain_context(model):
     model.eval()
     with torch.no_grad():
         yield model, False
-    model.train(was)
+    if was:
+        train_mode(model)  # not .train(True): that would wake a frozen ViT too
 
 
 def vit_device(model) -> tuple:

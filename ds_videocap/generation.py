@@ -10,6 +10,7 @@ import contextlib
 import torch
 
 from .engine import world_size
+from .trainable import train_mode
 
 
 @contextlib.contextmanager
@@ -32,7 +33,8 @@ def generation_context(engine, gather: bool = True):
             else:
                 yield engine.module, False
     finally:
-        engine.module.train(was_training)
+        if was_training:
+            train_mode(engine.module)  # not .train(True): that would wake a frozen ViT too
 
 
 @contextlib.contextmanager

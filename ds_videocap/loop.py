@@ -24,6 +24,7 @@ from .data import blank_batch
 from .engine import any_rank
 from .errors import UserError
 from .optim import lr_at, set_lr
+from .trainable import train_mode
 
 
 @dataclass
@@ -122,6 +123,7 @@ def fit(ctx: StepContext, phase: Phase, state: TrainState, validate: Callable, s
     from tqdm import tqdm
 
     cfg, engine = phase.cfg, ctx.engine
+    train_mode(engine.module)  # a model fresh from from_pretrained is in eval mode: dropout off, no checkpointing
     accumulation = engine.gradient_accumulation_steps()
     bar = tqdm(total=phase.total_steps, initial=state.step, disable=ctx.rank != 0,
                desc=phase.name, dynamic_ncols=True, mininterval=2.0)

@@ -64,7 +64,7 @@ def resolve_model_folder(cfg, rank: int):
             if not cfg.model.tokenizer:
                 raise UserError(f"recipe '{cfg.name}': field 'model.tokenizer' is needed for model.tiny")
             build_tiny_folder(cfg.model.tiny, cfg.model.tokenizer, folder, image_size=cfg.data.image_size,
-                              seed=cfg.seed, **cfg.model.tiny_sizes)
+                              seed=cfg.seed, dropout=cfg.model.tiny_dropout, **cfg.model.tiny_sizes)
         cfg = replace(cfg, model=replace(cfg.model, path=str(folder)))
     barrier()
     _, mean, std = image_settings(cfg.model.path)  # normalise as the folder's image processor does

@@ -23,6 +23,8 @@ def validate(cfg: RecipeCfg) -> None:
         if key not in TINY_SIZES or isinstance(value, bool) or not isinstance(value, int) or value < 1:
             fail(f"model.tiny_sizes{'.' if key else ''}{key}",
                  f"takes the sizes {list(TINY_SIZES)}, each a positive integer; got {value!r}")
+    if not 0.0 <= cfg.model.tiny_dropout < 1.0:
+        fail("model.tiny_dropout", f"must be within [0, 1), got {cfg.model.tiny_dropout!r}")
     if cfg.model.image_size is not None and cfg.model.image_size < 8:
         fail("model.image_size", f"must be >= 8, got {cfg.model.image_size}")
     if not 0.0 <= cfg.data.max_skipped_fraction <= 1.0:

@@ -61,6 +61,22 @@ def apply_trainable(model, model_cfg, lora_cfg, adapter_dir: Path | None = None)
         _enable_checkpointing(hf.vision_model, checkpoint_kwargs)
 
 
+def train_mode(model) -> None:
+    """Put the captioner in training mode for its updates, a frozen ViT left in eval mode.
+
+    from_pretrained hands models over in eval mode, and DeepSpeed's engine does not change that: without
+    this call every dropout stays off during training and transformers' gradient checkpointing (which
+    runs only in training mode) never engages, so a 7B recipe would need the memory the planner said it
+    saves. A frozen ViT stays in eval mode, as LAVIS keeps it (`disabled_train`): its features are the
+    pretrained model's, unchanged by training. A frozen LLM trains its LoRA or feeds gradients through with
+    its dropout on, as LAVIS's BLIP-2 does.
+    """
+    model.train()
+    vit = model.hf.vision_model if hasattr(model, "hf") else None
+    if vit is not None and not any(p.requires_grad for p in vit.parameters()):
+        vit.eval()
+
+
 def _enable_checkpointing(part, kwargs: dict) -> None:
     # transformers 5.24 renamed gradient_checkpointing_enable (deprecated, removed in v6).
     if hasattr(part, "activation_checkpointing_enable"):

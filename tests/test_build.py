@@ -2,6 +2,7 @@
 refusals, gradient checkpointing, and the export round trip through transformers' own classes."""
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -117,6 +118,23 @@ def test_gradient_checkpointing_switches(tiny_folders):
     assert model.hf.query_tokens.grad is not None  # gradients cross the checkpointed frozen LLM
 
 
+def test_train_mode_leaves_a_frozen_vit_in_eval_mode(tiny_folders):
+    from ds_videocap.evaluate import plain_context
+    from ds_videocap.trainable import train_mode
+
+    model = load(tiny_folders["opt"], grad_checkpointing_llm=True)  # model.vit: frozen
+    assert not model.hf.training and not model.language_model.training  # from_pretrained's eval mode
+    train_mode(model)
+    assert model.training and model.hf.qformer.training and model.language_model.training
+    assert not model.hf.vision_model.training  # frozen: the pretrained ViT's features, as LAVIS keeps them
+    with plain_context(model):  # decoding, then back to training without waking the frozen ViT
+        assert not model.training and not model.language_model.training
+    assert model.language_model.training and not model.hf.vision_model.training
+    full = load(tiny_folders["opt"], vit="full")
+    train_mode(full)
+    assert full.hf.vision_model.training
+
+
 def _perturb_lora(model):
     torch.manual_seed(1)
     with torch.no_grad():  # LoRA B starts at zero; make the merge matter
@@ -185,3 +203,37 @@ def test_tiny_sizes_reach_the_folder_and_the_planner(tokenizer_dir, tmp_path):
         build_tiny_folder("opt", tokenizer_dir, tmp_path / "bad", patch_size=5)
     with pytest.raises(UserError, match="unknown"):
         build_tiny_folder("opt", tokenizer_dir, tmp_path / "bad", patch=4)
+
+
+def _dropouts(model) -> list:
+    """Every dropout probability the model's forward uses: nn.Dropout modules and the float `dropout`
+    attributes OPT's and Llama's layers pass to F.dropout."""
+    found = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            found.append(module.p)
+        for name in ("dropout", "attention_dropout", "activation_dropout"):
+            if isinstance(getattr(module, name, None), float):
+                found.append(getattr(module, name))
+    return found
+
+
+@pytest.mark.parametrize("family", ["opt", "t5", "llama"])
+def test_tiny_dropout_reaches_every_dropout(tokenizer_dir, tmp_path, family):
+    from ds_videocap.build import build_tiny_folder
+
+    # the default: none (transformers' configs would give the Q-Former and the LLM 0.1)
+    plain = load(build_tiny_folder(family, tokenizer_dir, tmp_path / "plain"), vit="full", llm="full")
+    assert _dropouts(plain) and set(_dropouts(plain)) == {0.0}
+    plain.train()
+    pixels = frames(batch=2, t=2)
+    inputs = plain.encode_text(CAPTIONS[:2])
+    assert torch.equal(plain(pixels, **inputs), plain(pixels, **inputs))  # train mode, yet deterministic
+    # a recipe's model.tiny_dropout reaches the ViT's attention, the Q-Former and the LLM
+    folder = build_tiny_folder(family, tokenizer_dir, tmp_path / "some", dropout=0.2)
+    some = load(folder, vit="full", llm="full")
+    assert set(_dropouts(some)) == {0.2}
+    config = json.loads((folder / "config.json").read_text())
+    assert config["vision_config"]["attention_dropout"] == 0.2
+    qformer = config["qformer_config"]
+    assert qformer["hidden_dropout_prob"] == qformer["attention_probs_dropout_prob"] == 0.2

@@ -37,6 +37,9 @@ def test_overrides_apply_and_coerce():
     ("model.motion_patch=four", ["model.motion_patch", "int"]),
     ("model.tiny_sizes.llm_layers=true", ["model.tiny_sizes.llm_layers", "positive integer"]),
     ("model.tiny_sizes=4", ["model.tiny_sizes", "positive integer"]),
+    ("model.tiny_dropout=1", ["model.tiny_dropout", "[0, 1)"]),
+    ("model.tiny_dropout=-0.1", ["model.tiny_dropout", "[0, 1)"]),
+    ("model.tiny_dropout=0.1", []),
     ("data.cache_mb=-1", ["data.cache_mb", ">= 0"]),
 ])
 def test_bad_overrides_name_the_field(override, words):

@@ -42,6 +42,7 @@ class StubEngine:
         self.optimizer = SimpleNamespace(param_groups=[{"lr": 0.0}])
         self.monitor = None
         self.accumulation, self.backward_calls, self.step_calls = accumulation, 0, 0
+        self.module = torch.nn.Linear(1, 1).eval()  # as from_pretrained hands a model over
 
     def gradient_accumulation_steps(self):
         return self.accumulation
@@ -101,6 +102,18 @@ def test_nonfinite_loss_skips_the_update_and_logs_it(tmp_path):
     logged = run.logged
     assert [r["step"] for r in logged] == [1, 2, 3] and all(math.isfinite(r["loss"]) for r in logged)
     assert logged[1]["loss"] == 2.0
+
+
+def test_fit_trains_the_model_in_training_mode(tmp_path):
+    run = StubRun(tmp_path)
+    loader, sampler = build_loader(TinySet(4), 2, num_workers=0, drop_last=True, shuffle=False)
+    modes = []
+
+    def step(engine, batch, run):
+        modes.append(engine.module.training)
+        return torch.tensor(1.0), {}
+    run.fit(Phase("ce", phase_cfg(), step, loader, sampler, 2))
+    assert modes == [True, True]  # dropout on, and transformers' gradient checkpointing engaged
 
 
 def test_n_nonfinite_in_a_row_stop_the_run_naming_step_and_videos(tmp_path):
