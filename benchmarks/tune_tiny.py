@@ -277,8 +277,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--linear-init", default="0.02", choices=("0.02", "fan_in"))
     p.add_argument("--linear-init-scope", default="vit", choices=("vit", "vit_qformer", "all"))
     p.add_argument("--xattn-std", type=float, default=None, help="re-draw Q-Former cross-attention q/k")
-    p.add_argument("--dropout", type=float, default=None, help="every dropout p (nn.Dropout, OPT's floats); default: the folder's, "
-                   "model.tiny_dropout's 0 as in the main job")
+    p.add_argument("--dropout", type=float, default=None,
+                   help="every dropout p (nn.Dropout, OPT's floats); default: the folder's 0, as in the main job")
     p.add_argument("--no-frame-embedding", action="store_true")
     p.add_argument("--fusion", default=None, help="concat | per_frame (default: the recipe's)")
     p.add_argument("--vit-lr-mult", type=float, default=1.0, help="the ViT's learning rate over the others' in CE")
