@@ -15,7 +15,7 @@ from .ds_json import compute_dtype, zero_stage
 from .errors import UserError
 from .export import EXTRA_JSON, read_extras
 from .model import MAX_FRAMES, VideoCaptioner
-from .motion import MotionTokens
+from .motion import MotionTokens, motion_layout
 from .processor import has_processor_files, read_image_settings, save_processor
 from .quantize import disable_cpu_4bit_repacking, quant_device_map, quantization_config
 from .trainable import apply_trainable
@@ -189,11 +189,7 @@ def _motion_tokens(model_cfg, tensors: dict, vision_config):
     if trained:  # an export's own patch size and grid, whatever the recipe says
         patch, grid = trained["patch.weight"].shape[-1], math.isqrt(trained["position"].shape[0])
     else:
-        patch = model_cfg.motion_patch or vision_config.patch_size
-        if vision_config.image_size % patch:
-            raise UserError(f"model.motion_patch {patch} does not divide the ViT's frame size "
-                            f"{vision_config.image_size}")
-        grid = vision_config.image_size // patch
+        patch, grid = motion_layout(vision_config.image_size, vision_config.patch_size, model_cfg.motion_patch)
     module = MotionTokens(vision_config.hidden_size, patch, grid)
     if trained:
         module.load_state_dict(trained)

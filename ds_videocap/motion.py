@@ -28,6 +28,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import UserError
+
+
+def motion_layout(image_size: int, vit_patch: int, motion_patch: int | None) -> tuple[int, int]:
+    """(patch size, grid side) of fresh motion tokens: model.motion_patch, else the ViT's patch size.
+    The build and the planner both ask here, so that they count the same module."""
+    patch = motion_patch or vit_patch
+    if image_size % patch:
+        raise UserError(f"model.motion_patch {patch} does not divide the ViT's frame size {image_size}")
+    return patch, image_size // patch
+
 
 def frame_differences(pixel_values: torch.Tensor) -> torch.Tensor:
     """(B, T, C, H, W) -> (B, T, C, H, W): frame t+1 minus frame t; the last frame repeats the one

@@ -16,6 +16,7 @@ from .build import DEFAULT_PROMPTS, read_family, tiny_config
 from .ds_json import read_ds_config
 from .errors import UserError
 from .model import MAX_FRAMES
+from .motion import MotionTokens, motion_layout
 from .output import print_json
 from .plan_memory import GIB, ModelSpec, Shape, estimate_config, speed_rank
 from .quantize import quant_refusal
@@ -102,10 +103,11 @@ def build_spec(config, model_cfg, lora_cfg) -> ModelSpec:
     count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731 (shared weights once)
     family, lm = read_family(config), hf.language_model
     frame_emb = MAX_FRAMES * config.vision_config.hidden_size if model_cfg.frame_embedding else 0
-    if model_cfg.motion_tokens:  # motion.MotionTokens: patch embedding (no bias), linear, positions, LayerNorm
+    if model_cfg.motion_tokens:  # the module the build makes, on the meta device
         vc = config.vision_config
-        patch = model_cfg.motion_patch or vc.patch_size
-        frame_emb += vc.hidden_size * (3 * patch ** 2 + vc.hidden_size + 1 + (vc.image_size // patch) ** 2 + 2)
+        with torch.device("meta"):
+            frame_emb += count(MotionTokens(vc.hidden_size, *motion_layout(vc.image_size, vc.patch_size,
+                                                                           model_cfg.motion_patch)))
     params = {"vision": count(hf.vision_model), "llm": count(lm),
               "qformer": count(hf.qformer) + hf.query_tokens.numel() + count(hf.language_projection) + frame_emb}
     targets = lora_cfg.targets or LORA_TARGETS[family]

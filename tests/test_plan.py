@@ -52,6 +52,14 @@ def test_meta_counts_match_the_built_model(folders, family, fields):
     assert (lora > 0) == (fields.get("llm") == "lora")
 
 
+def test_the_planner_refuses_motion_tokens_the_build_refuses(folders):
+    from ds_videocap.errors import UserError
+
+    # one rule for both (motion.motion_layout): a planner that floored would count a module that never builds
+    with pytest.raises(UserError, match="motion_patch 5 does not divide the ViT's frame size 32"):
+        _spec(folders["opt"], motion_tokens=True, motion_patch=5)
+
+
 def test_study_model_counts_match_the_published_sizes(opt67_spec):
     _, spec = opt67_spec
     assert round(spec.total / 1e9, 2) == 7.75  # Salesforce/blip2-opt-6.7b: 7.75 B parameters
