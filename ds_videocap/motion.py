@@ -11,10 +11,9 @@ difference says what moved, which way and of what colour (the RGB-difference inp
 al. 2016, and TDN, Wang et al. 2021). MotionTokens embeds each frame's difference to the next frame
 with a patch embedding (the ViT's patch size, or model.motion_patch's) and a GELU + linear layer (one
 nonlinearity: the linear embedding alone named the motions of two-object clips less often,
-benchmarks/README.md), adds a position
-table of its own and a LayerNorm (the ViT's tokens leave it through a LayerNorm too), and returns one
-token per patch. The ViT is left as it is: its tokens and what a pretrained one knows are unchanged; the
-Q-Former gets the motion tokens as more keys.
+benchmarks/README.md), adds a position table of its own and a LayerNorm (the ViT's tokens leave it
+through a LayerNorm too), and returns one token per patch. The ViT is left as it is: its tokens and what
+a pretrained one knows are unchanged; the Q-Former gets the motion tokens as more keys.
 
 The position table starts as a fixed 2D sine-cosine pattern (MAE's), so the tokens know where they
 are from the first step whatever the ViT learned; it trains with the rest. Frames of another size than
