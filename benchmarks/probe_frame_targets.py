@@ -147,6 +147,7 @@ def main() -> int:
     p.add_argument("--tau", type=float, default=0.05, help="bank / frame_pairs temperature")
     p.add_argument("--stills", type=int, default=20000, help="the stills pool")
     p.add_argument("--probe-every", type=int, default=200, help="probe shape every N steps (and at the last)")
+    p.add_argument("--stem", type=int, default=0, help="channels of a 3x3 conv before the ViT's patch embedding")
     p.add_argument("--save-vit", default=None, help="save the trained ViT's state dict (for tune_tiny --init-vit)")
     args = p.parse_args()
     if args.source == "stills" and args.target not in ("lsa", "bank"):
@@ -157,7 +158,7 @@ def main() -> int:
     draw, targets = (frame_batches if args.source == "frames" else still_batches)(args, rng)
     if args.axes:
         targets = targets[:, [int(a) for a in args.axes.split(",")]]
-    net = build_net(args.net, args.patch, 32, hidden=args.hidden, layers=args.layers)
+    net = build_net(args.net, args.patch, 32, hidden=args.hidden, layers=args.layers, stem=args.stem)
     if args.net == "cnn":
         encoder, width = net[:-1], net[-1].in_features
     else:

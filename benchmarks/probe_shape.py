@@ -3,6 +3,7 @@
     python benchmarks/probe_shape.py --net cnn
     python benchmarks/probe_shape.py --net vit --patch-size 8     # the synth recipe's ViT
     python benchmarks/probe_shape.py --net vit --patch-size 4
+    python benchmarks/probe_shape.py --net vit --stem 16          # a 3x3 conv stem before the patch embedding
     python benchmarks/tune_tiny.py --steps 800 --save /tmp/ce800.pt && \
         python benchmarks/probe_shape.py --captioner /tmp/ce800.pt
 
@@ -44,7 +45,7 @@ def shape_frames(synth: Path, split: str = "train"):
 
 
 def build_net(kind: str, patch_size: int, size: int, pos_std: float | None = None, hidden: int = 96,
-              layers: int = 2, linear_init: str = "0.02") -> nn.Module:
+              layers: int = 2, linear_init: str = "0.02", stem: int = 0) -> nn.Module:
     if kind == "cnn":
         return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                              nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -60,6 +61,8 @@ def build_net(kind: str, patch_size: int, size: int, pos_std: float | None = Non
         vit.embeddings.position_embedding.normal_(0.0, TINY_INIT_STD if pos_std is None else pos_std)
         weight = vit.embeddings.patch_embedding.weight
         weight.normal_(0.0, weight[0].numel() ** -0.5)
+        if stem:  # early convolutions (Xiao et al. 2021): a 3x3 conv before the patch embedding
+            vit.embeddings.patch_embedding = ConvStem(3, stem, vit.embeddings.patch_embedding)
         if linear_init == "fan_in":  # every linear layer at std 1/sqrt(fan-in) instead of 0.02
             for module in vit.encoder.modules():
                 if isinstance(module, nn.Linear):
@@ -74,6 +77,25 @@ def build_net(kind: str, patch_size: int, size: int, pos_std: float | None = Non
             return self.head(self.vit(pixel_values=pixels).last_hidden_state.mean(1))
 
     return ViTProbe()
+
+
+class ConvStem(nn.Module):
+    """A 3x3 conv (stride 1) and GELU in front of the ViT's patch embedding; `weight` is the patch
+    embedding's, which transformers reads for the input dtype."""
+
+    def __init__(self, channels: int, width: int, patch: nn.Conv2d):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, width, 3, padding=1)
+        self.patch = nn.Conv2d(width, patch.out_channels, patch.kernel_size, patch.stride)
+        with torch.no_grad():
+            self.patch.weight.normal_(0.0, self.patch.weight[0].numel() ** -0.5)
+
+    @property
+    def weight(self):
+        return self.patch.weight
+
+    def forward(self, pixels):
+        return self.patch(nn.functional.gelu(self.conv(pixels)))
 
 
 def linear_probe(features: torch.Tensor, labels: torch.Tensor, steps: int = 400) -> float:
@@ -157,6 +179,7 @@ def main() -> int:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--linear-init", choices=("0.02", "fan_in"), default="0.02",
                         help="the ViT's linear layers: std 0.02 (the recipe's) or 1/sqrt(fan-in)")
+    parser.add_argument("--stem", type=int, default=0, help="channels of a 3x3 conv before the ViT's patch embedding")
     parser.add_argument("--captioner", default=None, help="a tune_tiny.py --save state dict: where is shape lost?")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
@@ -166,7 +189,7 @@ def main() -> int:
     pixels, labels = shape_frames(args.synth)
     split = int(0.85 * len(labels))
     net = build_net(args.net, args.patch_size, pixels.shape[-1], args.pos_std, args.hidden, args.layers,
-                    args.linear_init)
+                    args.linear_init, args.stem)
     optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr)
     for step in range(1, args.steps + 1):
         batch = torch.randint(0, split, (64,))

@@ -93,6 +93,10 @@ def build(args):
     cfg.model.motion_tokens = args.motion_tokens
     cfg.model.motion_patch = args.motion_patch
     model = build_model(cfg.model, cfg.lora, word_head_pool=args.words_pool if args.words_weight else None)
+    if args.stem:  # early convolutions before the patch embedding (probe_shape.ConvStem); --init-vit must match
+        from probe_shape import ConvStem
+        embeddings = model.hf.vision_model.embeddings
+        embeddings.patch_embedding = ConvStem(3, args.stem, embeddings.patch_embedding)
     g = torch.Generator().manual_seed(args.seed + 1)
     with torch.no_grad():
         if args.pos_std is not None:
@@ -309,6 +313,7 @@ def parser() -> argparse.ArgumentParser:
                    help="what the video stage keeps of the stills stage: everything, or only the ViT")
     p.add_argument("--freeze-vit", action="store_true", help="the video stage keeps the ViT frozen (as BLIP-2)")
     p.add_argument("--mix-stills", type=int, default=0, help="static still clips added to each CE batch")
+    p.add_argument("--stem", type=int, default=0, help="a 3x3 conv of this many channels before the patch embedding")
     p.add_argument("--init-vit", default=None,
                    help="start from this ViT state dict (probe_frame_targets.py --save-vit): a pretrained vision tower")
     p.add_argument("--label-weight", type=float, default=0.0,
