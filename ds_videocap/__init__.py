@@ -21,7 +21,8 @@ The pipeline, in the order a training run goes through it (`ds-videocap train`, 
   ce.py, scst.py  the step functions (a micro-batch -> loss, metrics); ce.py may add align.py's
                   contrastive term (its "cooccur" text side from cooccur.py, built in prepare.py) and
                   words.py's word head; scst.py rolls out inside generation.py's context, scores with
-                  reward.py (CIDEr-D) and weighs samples with scst_advantage.py
+                  reward.py (CIDEr-D; bleu_reward.py mixes in BLEU-4 on request) and weighs samples
+                  with scst_advantage.py
   run_eval.py     validation and test during training (decoding in evaluate.py)
   run_folder.py   metrics.jsonl, summary.json, results/, checkpoints (checkpoints.py)
 

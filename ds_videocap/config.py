@@ -170,6 +170,8 @@ class SCSTCfg:
     max_new_tokens: int = 32
     length_norm: bool = False
     """Divide each sample's log-prob sum by its length."""
+    reward_bleu4: float = 0.0
+    """The reward is CIDEr-D plus this much of the caption's BLEU-4 (1: the study's CIDEr + Bleu_4 ranking)."""
     ce_weight: float = 0.0
     """Mix in this much cross-entropy loss, on the reference the loader drew for each clip (as CE trains)."""
     reset_optimizer: bool = False

@@ -67,7 +67,8 @@ def validate(cfg: RecipeCfg) -> None:
     for name, low in (("data.frames", 1), ("data.image_size", 8), ("data.num_workers", 0), ("data.max_words", 1),
                       ("data.decode_timeout_s", 0), ("data.cache_mb", 0), ("max_nonfinite_steps", 1),
                       ("eval.batch_size", 1), ("scst.samples", 1), ("scst.max_new_tokens", 1),
-                      ("model.max_txt_len", 1), ("ce.words_weight", 0), ("ce.itc_text_rank", 1)):
+                      ("model.max_txt_len", 1), ("ce.words_weight", 0), ("ce.itc_text_rank", 1),
+                      ("scst.ce_weight", 0), ("scst.reward_bleu4", 0)):
         if (value := attrgetter(name)(cfg)) < low:
             fail(name, f"must be >= {low}, got {value}")
     if cfg.model.quant and cfg.model.llm == "full":

@@ -1,4 +1,5 @@
-"""One self-critical (SCST) update: rollout (generate + CIDEr-D reward) then the policy-gradient loss.
+"""One self-critical (SCST) update: rollout (generate + CIDEr-D reward, BLEU-4 mixed in on request) then the
+policy-gradient loss.
 
 generate() runs without grad inside the generation context (ZeRO-3 parameters gathered once);
 the log-probs of the sampled captions are then recomputed WITH gradient through the engine.
@@ -10,6 +11,7 @@ import time
 import numpy as np
 import torch
 
+from .bleu_reward import bleu4
 from .generation import generation_context
 from .scst_advantage import compute_advantages
 
@@ -66,6 +68,14 @@ def rollout(engine, pixel_values: torch.Tensor, cfg, want_greedy: bool):
     return samples, greedy
 
 
+def caption_rewards(ctx, captions: list[str], references: list[list[str]]) -> np.ndarray:
+    """CIDEr-D of each caption, plus scst.reward_bleu4 x its BLEU-4 when that is set."""
+    rewards = ctx.reward.score(captions, references)
+    if ctx.scst.reward_bleu4:
+        rewards = rewards + ctx.scst.reward_bleu4 * bleu4(captions, references)
+    return rewards
+
+
 def scst_step(engine, batch: dict, ctx):
     """Rollout, reward, policy-gradient loss -> (loss, metrics); fit() does backward and step."""
     cfg, model = ctx.scst, engine.module
@@ -77,8 +87,8 @@ def scst_step(engine, batch: dict, ctx):
 
     captions = model.decode(samples)
     references = [refs for refs in batch["references"] for _ in range(k)]
-    rewards = ctx.reward.score(captions, references).reshape(-1, k)
-    greedy_rewards = ctx.reward.score(model.decode(greedy), batch["references"]) if greedy is not None else None
+    rewards = caption_rewards(ctx, captions, references).reshape(-1, k)
+    greedy_rewards = caption_rewards(ctx, model.decode(greedy), batch["references"]) if greedy is not None else None
     baseline = compute_baseline(rewards, cfg.baseline, greedy_rewards)
     advantages = torch.as_tensor(compute_advantages(rewards, baseline, cfg.advantage).reshape(-1), device=ctx.device)
 

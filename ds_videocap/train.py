@@ -95,8 +95,10 @@ def train_command(args) -> int:
         loader, sampler = _phase_loader(cfg, name, train_set, ds_config, rank, world, clips["sources"])
         total = steps_for(phase_cfg, len(loader), engine.gradient_accumulation_steps())
         if state.step < total:
+            bleu = getattr(phase_cfg, "reward_bleu4", 0)
             say(f"[train] {name}: {total} steps, lr {phase_cfg.lr:g} -> {phase_cfg.min_lr:g}, "
-                f"{describe_settings(engine)}" + (", Adam moments reset" if reset else ""))
+                f"{describe_settings(engine)}" + (", Adam moments reset" if reset else "")
+                + (f", reward CIDEr-D + {bleu:g} x BLEU-4" if bleu else ""))
             state = fit(ctx, Phase(name, phase_cfg, STEP_FUNCTIONS[name], loader, sampler, total), state,
                         validate=validate, save=save)
         tested = evaluator.test()

@@ -41,6 +41,9 @@ def test_overrides_apply_and_coerce():
     ("model.tiny_dropout=-0.1", ["model.tiny_dropout", "[0, 1)"]),
     ("model.tiny_dropout=0.1", []),
     ("data.cache_mb=-1", ["data.cache_mb", ">= 0"]),
+    ("scst.reward_bleu4=-1", ["scst.reward_bleu4", ">= 0"]),
+    ("scst.ce_weight=-0.5", ["scst.ce_weight", ">= 0"]),
+    ("scst.reward_bleu4=1", []),
 ])
 def test_bad_overrides_name_the_field(override, words):
     if not words:

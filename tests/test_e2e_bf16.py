@@ -27,12 +27,12 @@ def test_one_ce_and_one_scst_step_in_bf16(tmp_path, synth, ds_json):
     out = tmp_path / "run"
     proc = run_train(out, synth, ds_json, "ce.steps=1", "scst.steps=1", "scst.max_new_tokens=8",
                      "model.frame_embedding=true", "scst.weight_decay=0.2", "scst.betas=[0.5,0.6]",
-                     "scst.reset_optimizer=true", "ce.itc_across_ranks=true",
+                     "scst.reset_optimizer=true", "ce.itc_across_ranks=true", "scst.reward_bleu4=1",
                      env={"DS_VIDEOCAP_CPU_BF16": "1"})
     assert "torch.bfloat16" in proc.stdout and "training in fp32" not in proc.stdout
     # SCST's optimizer settings, read back from the ZeRO optimizer's own parameter groups.
     assert "[train] ce: 1 steps, lr 0.001 -> 1e-05, weight decay 0.05/0, betas (0.9, 0.999)" in proc.stdout
-    assert "weight decay 0.2/0, betas (0.5, 0.6), Adam moments reset" in proc.stdout
+    assert "weight decay 0.2/0, betas (0.5, 0.6), Adam moments reset, reward CIDEr-D + 1 x BLEU-4" in proc.stdout
     metrics = [m for m in read_metrics(out) if "loss" in m]
     assert [m["phase"] for m in metrics] == ["ce", "scst"]
     assert all(math.isfinite(m["loss"]) for m in metrics)
