@@ -8,9 +8,9 @@ clips, where a two-object clip needs both shapes (and every motion) named. This 
 that is from what the frames allow: a supervised classifier (a small CNN on each of the clip's 4 frames,
 drawn as the recipe draws them, the frames' features concatenated in order, then an MLP) trained with the
 attribute sets as multi-label targets (BCE), read out as sets (logit > 0) and scored with the same rule
-as the captioner (synth_captions.attribute_accuracy: the named set equals the clip's set). It reads the
-labels, so it is a bound, not a method. Test split, by object count too. Frames come from tune_tiny.py's
-decoded cache.
+as the captioner (synth_captions.named_set_accuracy, attribute_accuracy's rule: the named set equals the
+clip's set). It reads the labels, so it is a bound, not a method. Test split, by object count too. Frames
+come from tune_tiny.py's decoded cache.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tune_tiny import load_split, pick_frames  # noqa: E402
 
-from ds_videocap.synth_captions import COLORS, MOTIONS, SHAPES  # noqa: E402
+from ds_videocap.synth_captions import COLORS, MOTIONS, SHAPES, named_set_accuracy  # noqa: E402
 
 GROUPS = (("colors", COLORS), ("shapes", SHAPES), ("motions", MOTIONS))
 
@@ -57,14 +57,22 @@ class ClipNet(nn.Module):
         return self.head(self.frame(pixels.flatten(0, 1)).view(b, t * 256))
 
 
-def set_accuracy(logits: torch.Tensor, truth: torch.Tensor, rows: np.ndarray) -> dict:
-    named, offset, right = logits > 0, 0, {}
+def as_sets(row: torch.Tensor) -> dict[str, set[str]]:
+    """A row of bits (targets' layout) -> the {"colors", "shapes", "motions"} sets it names."""
+    sets, offset = {}, 0
     for key, values in GROUPS:
-        span = slice(offset, offset + len(values))
-        right[key] = (named[rows, span] == truth[rows, span].bool()).all(1)
+        sets[key] = {value for value, bit in zip(values, row[offset:offset + len(values)].tolist()) if bit}
         offset += len(values)
-    right["all three"] = right["colors"] & right["shapes"] & right["motions"]
-    return {key: round(ok.float().mean().item(), 3) for key, ok in right.items()}
+    return sets
+
+
+def set_accuracy(logits: torch.Tensor, truth: torch.Tensor, rows: np.ndarray) -> dict:
+    """The captioner's own rule (synth_captions.named_set_accuracy) on the sets the logits name (> 0)."""
+    named = {int(r): as_sets(logits[r] > 0) for r in rows}
+    shown = {int(r): as_sets(truth[r].bool()) for r in rows}
+    scores = named_set_accuracy(named, shown)
+    return {name: round(scores[key], 3) for name, key in (("colors", "color_acc"), ("shapes", "shape_acc"),
+                                                          ("motions", "motion_acc"), ("all three", "all_acc"))}
 
 
 def main() -> int:
@@ -106,7 +114,7 @@ def main() -> int:
     objects = np.array([len(c.attributes["shapes"]) for c in test_clips])
     for name, rows in (("all test clips", all_rows), ("one object", all_rows[objects == 1]),
                        ("two objects", all_rows[objects == 2])):
-        print(f"{name} ({len(rows)}): {set_accuracy(logits, test_y, rows)}")
+        print(f"{name} ({len(rows)}): {set_accuracy(logits, test_y, rows) if len(rows) else 'no clips'}")
     return 0
 
 

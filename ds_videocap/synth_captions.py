@@ -116,13 +116,18 @@ def attribute_accuracy(captions: dict, attributes: dict) -> dict[str, float]:
     a two-shape clip needs both named, and naming an extra value (hedging) is wrong. `all_acc`
     needs all three right. Clips without a caption count as wrong.
     """
+    return named_set_accuracy({k: read_attributes(captions.get(k, "") or "") for k in attributes}, attributes)
+
+
+def named_set_accuracy(named: dict, attributes: dict) -> dict[str, float]:
+    """attribute_accuracy's rule on sets already read: `named` maps each clip to the {"colors", "shapes",
+    "motions"} sets its caption (or any other prediction) names."""
     keys = [k for k in attributes if attributes[k]]
     if not keys:
         return {"color_acc": 0.0, "shape_acc": 0.0, "motion_acc": 0.0, "all_acc": 0.0}
     right = {"colors": 0, "shapes": 0, "motions": 0, "all": 0}
     for key in keys:
-        named = read_attributes(captions.get(key, "") or "")
-        ok = [named[a] == set(attributes[key].get(a, ())) for a in ("colors", "shapes", "motions")]
+        ok = [named[key][a] == set(attributes[key].get(a, ())) for a in ("colors", "shapes", "motions")]
         for a, good in zip(("colors", "shapes", "motions"), ok):
             right[a] += good
         right["all"] += all(ok)
