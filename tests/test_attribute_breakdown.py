@@ -1,6 +1,7 @@
 """benchmarks/attribute_breakdown.py (the by-clip figures of README "Results" and benchmarks/README.md) stays
 runnable: the named / right counts of two-object clips, the object sizes it reads by drawing the clips
-again, and a run of the script on a run folder whose captions are the clips' own references."""
+again, and a run of the script on a run folder whose captions are the clips' own references. And
+benchmarks/probe_two_shapes.py (does a ViT tell both shapes of a two-object frame) runs."""
 import json
 import re
 import subprocess
@@ -49,3 +50,16 @@ def test_the_breakdown_runs_on_a_run_folder(synth40, tmp_path):
     assert all(r[2:] == ("1.000",) * 3 for r in rows if int(r[1])), proc.stdout  # references name it all
     by_size = re.findall(r"^ce +one object +shape by half-size: (.*)$", proc.stdout, re.M)
     assert len(by_size) == 1 and sum(int(n) for n in re.findall(r"\((\d+)\)", by_size[0])) == int(rows[0][1])
+
+
+def test_the_two_shapes_probe_runs(tiny_folders):
+    """benchmarks/probe_two_shapes.py on a tiny folder, few frames: every figure printed, each a share."""
+    script = ROOT / "benchmarks" / "probe_two_shapes.py"
+    proc = subprocess.run([sys.executable, str(script), str(tiny_folders["opt"]), "--frames", "40"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env=child_env())
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    lines = re.findall(r"^(the folder's ViT|a random ViT \(same architecture\)), (one object|two objects) "
+                       r"\(40 frames\): shapes right from the mean token (\S+), from all \d+ tokens (\S+), "
+                       r"from the best token per shape (\S+)$", proc.stdout, re.M)
+    assert len(lines) == 4, proc.stdout
+    assert all(0.0 <= float(v.rstrip(",")) <= 1.0 for line in lines for v in line[2:]), lines
