@@ -77,17 +77,19 @@ def main() -> None:
             acc = attribute_accuracy(captions, group)
             print(f"{phase:5s} {name:12s} clips {len(group):3d}  colour {acc['color_acc']:.3f}"
                   f"  shape {acc['shape_acc']:.3f}  motion {acc['motion_acc']:.3f}  all three {acc['all_acc']:.3f}")
-        for attribute, label in (("motions", "motions"), ("shapes", "shapes")):
+        for attribute in ("motions", "shapes"):
             named = named_counts(captions, groups["two objects"], attribute)
-            print(f"{phase:5s} two objects with two different {label} ({sum(named.values())}): "
+            print(f"{phase:5s} two objects with two different {attribute} ({sum(named.values())}): "
                   + ", ".join(f"{n} named / {r} right: {c}" for (n, r), c in sorted(named.items())))
         for name, group in groups.items():
-            right = collections.defaultdict(list)
+            by_size = collections.defaultdict(dict)  # half-size bin -> the group's clips of that size
             for key, attrs in group.items():
-                said = read_attributes(captions.get(key, ""))["shapes"]
-                right[min(int(sizes[key]), 6)].append(said == set(attrs["shapes"]))
+                by_size[min(int(sizes[key]), 6)][key] = attrs
             print(f"{phase:5s} {name:12s} shape by half-size: " + ", ".join(
-                f"{px}{'+' if px == 6 else ''} px {np.mean(v):.2f} ({len(v)})" for px, v in sorted(right.items())))
+                f"{px}{'+' if px == 6 else ''} px {attribute_accuracy(captions, clips_of)['shape_acc']:.2f} "
+                f"({len(clips_of)})" for px, clips_of in sorted(by_size.items())))
+
+
 
 if __name__ == "__main__":
     main()
