@@ -13,8 +13,9 @@ follows the repository's scst step (K samples, mean-of-others baseline, CIDEr-D 
 experiments (tiny_stills.py): --stills-steps N trains on fresh stills with still captions before CE,
 --mix-stills K adds K static still clips to every CE batch. --video-stage-steps N trains the visual side
 alone first (ViT, frame embedding, Q-Former, projection: the vision stage's balanced regression, on each
-clip's caption vector). --motion-tokens turns on model.motion_tokens (ds_videocap/motion.py); --motion-input
-KIND gives the frame differences the other ways tried before it (add_motion_input). Evaluations also give the
+clip's caption vector). --motion-tokens turns on model.motion_tokens (ds_videocap/motion.py), and
+--conv-tokens FILE model.conv_tokens from a stills-trained state (probe_conv_tokens.py); --motion-input KIND
+gives the frame differences the other ways tried before it (add_motion_input). Evaluations also give the
 accuracies on the two-object clips alone (two_*).
 Prints one JSON line per evaluation; --out appends them to a file.
 """
@@ -92,6 +93,7 @@ def build(args):
     cfg.model.fusion = args.fusion or cfg.model.fusion
     cfg.model.motion_tokens = args.motion_tokens
     cfg.model.motion_patch = args.motion_patch
+    cfg.model.conv_tokens = args.conv_tokens is not None
     model = build_model(cfg.model, cfg.lora, word_head_pool=args.words_pool if args.words_weight else None)
     if args.stem:  # early convolutions before the patch embedding (probe_shape.ConvStem); --init-vit must match
         from probe_shape import ConvStem
@@ -328,6 +330,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--motion-tokens", action=argparse.BooleanOptionalAction, default=False,
                    help="model.motion_tokens (ds_videocap/motion.py)")
     p.add_argument("--motion-patch", type=int, default=None, help="model.motion_patch (default: the ViT's)")
+    p.add_argument("--conv-tokens", default=None,
+                   help="model.conv_tokens, starting from this probe_conv_tokens.py --save state dict")
     p.add_argument("--motion-input", default="none",
                    choices=("none", "pixel", "patch", "frames", "tokens", "tubelet", "mlp"),
                    help="the variants tried before motion.py (add_motion_input)")
@@ -373,6 +377,8 @@ def main():
             model.text_table = table
     if args.init_vit:
         model.hf.vision_model.load_state_dict(torch.load(args.init_vit))
+    if args.conv_tokens:  # trained on stills first, as the vision stage trains them
+        model.conv_tokens.load_state_dict(torch.load(args.conv_tokens))
     if args.freeze_vit:
         model.hf.vision_model.requires_grad_(False)
     if args.video_stage_steps:

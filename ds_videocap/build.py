@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 from .config import TINY_SIZES
+from .conv_tokens import ConvTokens, conv_layout
 from .ds_json import compute_dtype, zero_stage
 from .errors import UserError
 from .export import EXTRA_JSON, read_extras
@@ -180,20 +181,22 @@ def _frame_embedding(model_cfg, meta: dict, tensors: dict, vision_hidden: int):
     return torch.zeros(MAX_FRAMES, vision_hidden)  # a pretrained model starts out unchanged
 
 
-def _motion_tokens(model_cfg, tensors: dict, vision_config):
-    """motion.MotionTokens: a trained one from an export (always used, as the frame embedding is), else a
-    fresh one when model.motion_tokens; None otherwise."""
-    trained = {k.removeprefix("motion_tokens."): v for k, v in tensors.items() if k.startswith("motion_tokens.")}
-    if not trained and not model_cfg.motion_tokens:
+def _side_module(name: str, wanted: bool, tensors: dict, make, dtype):
+    """The module the folder's side tensors hold as `name.*` (an export's or a vision stage's: always used,
+    in its own layout whatever the recipe says), else a fresh one when `wanted`, else None."""
+    trained = {k.removeprefix(f"{name}."): v for k, v in tensors.items() if k.startswith(f"{name}.")}
+    if not trained and not wanted:
         return None
-    if trained:  # an export's own patch size and grid, whatever the recipe says
-        patch, grid = trained["patch.weight"].shape[-1], math.isqrt(trained["position"].shape[0])
-    else:
-        patch, grid = motion_layout(vision_config.image_size, vision_config.patch_size, model_cfg.motion_patch)
-    module = MotionTokens(vision_config.hidden_size, patch, grid)
+    module = make(trained)
     if trained:
         module.load_state_dict(trained)
-    return module
+    return module.to(dtype)  # ZeRO-3 flattens all parameters into one buffer: one dtype for all
+
+
+def _motion_layout(trained: dict, model_cfg, vision_config) -> tuple[int, int]:
+    if trained:
+        return trained["patch.weight"].shape[-1], math.isqrt(trained["position"].shape[0])
+    return motion_layout(vision_config.image_size, vision_config.patch_size, model_cfg.motion_patch)
 
 
 def build_model(model_cfg, lora_cfg, ds_config: dict | None = None, frames: int | None = None,
@@ -258,15 +261,17 @@ def build_model(model_cfg, lora_cfg, ds_config: dict | None = None, frames: int 
     frame_embedding = _frame_embedding(model_cfg, meta, tensors, config.vision_config.hidden_size)
     if frame_embedding is not None:  # ZeRO-3 flattens all parameters into one buffer: one dtype for all
         frame_embedding = frame_embedding.to(dtype)
-    motion_tokens = _motion_tokens(model_cfg, tensors, config.vision_config)
-    if motion_tokens is not None:
-        motion_tokens = motion_tokens.to(dtype)
+    vc = config.vision_config
+    motion_tokens = _side_module("motion_tokens", model_cfg.motion_tokens, tensors, lambda trained: MotionTokens(
+        vc.hidden_size, *_motion_layout(trained, model_cfg, vc)), dtype)
+    conv_tokens = _side_module("conv_tokens", model_cfg.conv_tokens, tensors, lambda trained: ConvTokens(
+        vc.hidden_size, *(conv_layout(trained) if trained else ())), dtype)
     model = VideoCaptioner(
         hf, tokenizer, family, fusion=fusion, prompt=prompt, frame_embedding=frame_embedding,
         max_txt_len=model_cfg.max_txt_len, qformer_tokenizer=qformer_tokenizer, qformer_text=qformer_text,
         train_bos=model_cfg.opt_train_bos, image_size=model_cfg.image_size or image_size,
         image_mean=image_mean, image_std=image_std, frames=frames or meta.get("frames"),
-        word_head_pool=word_head_pool, motion_tokens=motion_tokens)
+        word_head_pool=word_head_pool, motion_tokens=motion_tokens, conv_tokens=conv_tokens)
     adapter = folder / meta["lora_adapter"] if meta.get("lora_adapter") else None
     apply_trainable(model, model_cfg, lora_cfg, adapter_dir=adapter)
     model.ds_keepalive = ds_keepalive

@@ -87,6 +87,9 @@ class ModelCfg:
     to the next (motion.py), so that which way each object moves is a local feature bound to its colour."""
     motion_patch: int | None = None
     """The motion tokens' patch size in pixels (None: the ViT's). Smaller patches give more, finer keys."""
+    conv_tokens: bool = False
+    """Give the Q-Former a small CNN's tokens of each frame too (conv_tokens.py): shapes a few pixels wide,
+    which a patch-8 ViT sees in pieces. With a vision stage they train there first, beside the ViT."""
     llm: str = "frozen"  # frozen | lora | full
     vit: str = "frozen"  # frozen | full
     vit_lr_scale: float = 1.0

@@ -6,8 +6,10 @@ generation_config.json whose end token is the caption's stop token), so the stoc
 (`Blip2Processor` + `generate`) captions a still video as `ds-videocap caption` does. What BLIP-2 has no
 place for (fusion, prompt, frame embedding, a kept LoRA adapter) goes into side files that
 build_model reads back when present:
-  videocap.json               {"family", "fusion", "prompt", "qformer_text", "frame_embedding", "lora_adapter"}
-  videocap_extra.safetensors  {"frame_embedding": (max_frames, vision_hidden), "motion_tokens.*": motion.py's}
+  videocap.json               {"family", "fusion", "prompt", "qformer_text", "frame_embedding", "motion_tokens",
+                               "conv_tokens", "lora_adapter", "frames"}
+  videocap_extra.safetensors  {"frame_embedding": (max_frames, vision_hidden), "motion_tokens.*": motion.py's,
+                               "conv_tokens.*": conv_tokens.py's (also written by the vision stage)}
   llm_adapter/                PEFT adapter folder (merge_lora=False only)
 """
 from __future__ import annotations
@@ -44,6 +46,18 @@ def read_extras(folder: str | Path) -> tuple[dict, dict]:
         from safetensors.torch import load_file
         tensors = load_file(str(folder / EXTRA_WEIGHTS))
     return meta, tensors
+
+
+def add_side_tensors(folder: str | Path, tensors: dict) -> None:
+    """Add `tensors` to the folder's side tensors (kept as float32), replacing the file rather than writing
+    into it: a run folder's copy of a user's folder may hard-link the user's file."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    merged = {**read_extras(folder)[1], **{k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}}
+    partial = folder / f"{EXTRA_WEIGHTS}.partial"
+    save_file(merged, str(partial))
+    partial.replace(folder / EXTRA_WEIGHTS)
 
 
 def _plain_state_dict(hf_model) -> dict:
@@ -89,13 +103,14 @@ def save_hf_folder(model, out_dir: str | Path, merge_lora: bool = True, eval_cfg
     save_generation_config(out, model, eval_cfg or EvalCfg())
     meta = {"family": model.family, "fusion": model.fusion, "prompt": model.prompt,
             "qformer_text": model.qformer_text, "frame_embedding": model.frame_embedding is not None,
-            "motion_tokens": model.motion_tokens is not None,
+            "motion_tokens": model.motion_tokens is not None, "conv_tokens": model.conv_tokens is not None,
             "lora_adapter": ADAPTER_DIR if has_lora and not merge_lora else None,
             "frames": getattr(model, "frames", None)}
     (out / EXTRA_JSON).write_text(json.dumps(meta, indent=2))
     extra = {} if model.frame_embedding is None else {"frame_embedding": model.frame_embedding}
-    if model.motion_tokens is not None:
-        extra.update({f"motion_tokens.{k}": v for k, v in model.motion_tokens.state_dict().items()})
+    for name in ("motion_tokens", "conv_tokens"):
+        if getattr(model, name) is not None:
+            extra.update({f"{name}.{k}": v for k, v in getattr(model, name).state_dict().items()})
     if extra:
         save_file({k: v.detach().float().cpu().contiguous() for k, v in extra.items()}, str(out / EXTRA_WEIGHTS))
     return out

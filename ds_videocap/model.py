@@ -3,8 +3,9 @@
 Every layer is transformers' own: the captioner holds a whole Blip2ForConditionalGeneration /
 InstructBlipForConditionalGeneration as `self.hf` (so export is a save_pretrained) and adds only
 what video needs: the ViT per frame, frame fusion before or after the Q-Former, an optional frame-index
-embedding and motion tokens (motion.py). The prompt is constant per model, so it is built here, not in
-every batch: encode_text returns the caption part only and the prefix is prepended inside.
+embedding, motion tokens (motion.py) and conv tokens (conv_tokens.py). The prompt is constant per model,
+so it is built here, not in every batch: encode_text returns the caption part only and the prefix is
+prepended inside.
 
 Token layout seen by the LLM (V = visual tokens, P = prompt ids):
   decoder-only (OPT, Llama):  [V; bos; P] -> caption ids ending with the stop token
@@ -29,17 +30,15 @@ class VideoCaptioner(nn.Module):
                  frame_embedding: torch.Tensor | None = None, max_txt_len: int = 50,
                  qformer_tokenizer=None, qformer_text: bool = False, train_bos: bool = False,
                  image_size: int | None = None, image_mean: tuple = (), image_std: tuple = (),
-                 frames: int | None = None, word_head_pool: str | None = None, motion_tokens: nn.Module | None = None):
+                 frames: int | None = None, word_head_pool: str | None = None, motion_tokens: nn.Module | None = None,
+                 conv_tokens: nn.Module | None = None):
         """image_size/mean/std: how the data pipeline must resize and normalise frames for this ViT
         (export writes them back); frames: the frame count it was trained with, when known;
         word_head_pool: add the training-only word head (words.py) with this pooling."""
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
-        self.hf = hf_model
-        self.tokenizer = tokenizer
-        self.family = family
-        self.fusion = fusion
+        self.hf, self.tokenizer, self.family, self.fusion = hf_model, tokenizer, family, fusion
         self.prompt = prompt or ""
         self.max_txt_len = max_txt_len
         self.qformer_tokenizer = qformer_tokenizer
@@ -49,7 +48,7 @@ class VideoCaptioner(nn.Module):
         # LAVIS's Blip2OPT (empty prompt) also trains the last visual position to predict bos.
         self.train_bos = train_bos and not self.is_encoder_decoder and not self.prompt
         self.frame_embedding = None if frame_embedding is None else nn.Parameter(frame_embedding)
-        self.motion_tokens = motion_tokens  # motion.MotionTokens or None
+        self.motion_tokens, self.conv_tokens = motion_tokens, conv_tokens  # motion.py's, conv_tokens.py's, or None
         self.pad_id = tokenizer.pad_token_id
         self.stop_ids = self._stop_ids()
         self.image_size = image_size or hf_model.config.vision_config.image_size
@@ -136,8 +135,9 @@ class VideoCaptioner(nn.Module):
         vit = hf.vision_model(pixel_values=pixel_values.flatten(0, 1).to(dtype), return_dict=True,
                               interpolate_pos_encoding=tuple(pixel_values.shape[-2:]) != (native, native))
         tokens = vit.last_hidden_state.unflatten(0, (batch, frames))  # (B, T, N, D)
-        if self.motion_tokens is not None:  # what changed to the next frame: more keys per frame (motion.py)
-            tokens = torch.cat([tokens, self.motion_tokens(pixel_values).to(tokens.dtype)], 2)
+        # More keys per frame: what changed to the next frame (motion.py), a small CNN's view (conv_tokens.py)
+        for extra in (module for module in (self.motion_tokens, self.conv_tokens) if module is not None):
+            tokens = torch.cat([tokens, extra(pixel_values).to(tokens.dtype)], 2)
         if self.frame_embedding is not None:
             if frames > getattr(self.frame_embedding, "ds_shape", self.frame_embedding.shape)[0]:
                 raise ValueError(f"{frames} frames but the frame embedding has {self.frame_embedding.shape[0]}")

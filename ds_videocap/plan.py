@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .build import DEFAULT_PROMPTS, read_family, tiny_config
+from .conv_tokens import ConvTokens
 from .ds_json import read_ds_config
 from .errors import UserError
 from .model import MAX_FRAMES
@@ -108,6 +109,9 @@ def build_spec(config, model_cfg, lora_cfg) -> ModelSpec:
         with torch.device("meta"):
             frame_emb += count(MotionTokens(vc.hidden_size, *motion_layout(vc.image_size, vc.patch_size,
                                                                            model_cfg.motion_patch)))
+    if model_cfg.conv_tokens:
+        with torch.device("meta"):
+            frame_emb += count(ConvTokens(config.vision_config.hidden_size))
     params = {"vision": count(hf.vision_model), "llm": count(lm),
               "qformer": count(hf.qformer) + hf.query_tokens.numel() + count(hf.language_projection) + frame_emb}
     targets = lora_cfg.targets or LORA_TARGETS[family]

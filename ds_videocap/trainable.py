@@ -55,6 +55,8 @@ def apply_trainable(model, model_cfg, lora_cfg, adapter_dir: Path | None = None)
         model.frame_embedding.requires_grad_(True)
     if model.motion_tokens is not None:
         model.motion_tokens.requires_grad_(True)
+    if model.conv_tokens is not None:
+        model.conv_tokens.requires_grad_(True)
     if model_cfg.grad_checkpointing_llm:
         _enable_checkpointing(model.language_model, checkpoint_kwargs)
     if model_cfg.grad_checkpointing_vit:

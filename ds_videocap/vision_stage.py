@@ -10,6 +10,9 @@ balancing), so that shape is not left behind by colour. The target comes from th
 the stage runs on any image-caption set (COCO Karpathy's LAVIS file as it is); the synthetic set ships
 its own stills. This mirrors the real workflow: BLIP-2 folders start from an image-text pretrained ViT.
 
+With model.conv_tokens the stage trains the conv tokens (conv_tokens.py) beside the ViT, on the same
+stills and target, with a head of their own, and writes them into the folder's side tensors.
+
 Every rank trains the same ViT on its own draws and the gradients are averaged over ranks; rank 0
 writes the folder (vision_weights.py) and vision_stage.json, which makes a rerun or a resume skip the
 stage. The video stages then load that folder like any other.
@@ -24,10 +27,12 @@ from pathlib import Path
 import torch
 
 from .captions import training_references
+from .conv_tokens import ConvTokens
 from .cooccur import cooccurrence_table
 from .ds_json import compute_dtype
 from .engine import average_over_ranks, barrier, collective_device
 from .errors import UserError
+from .export import add_side_tensors
 from .stills import StillDataset, read_image_captions
 from .vision_weights import load_vision_model, write_folder_with_vision
 
@@ -77,6 +82,7 @@ def run_vision_stage(cfg, ds_config: dict, rank: int, say):
     source = Path(cfg.model.path)
     target = Path(cfg.output_dir) / "init_model"
     settings = {"source": str(source.resolve()), "seed": cfg.seed, "image_size": cfg.data.image_size,
+                "conv_tokens": cfg.model.conv_tokens,
                 **{k: v for k, v in asdict(cfg.vision).items() if k not in ("log_every", "num_workers")}}
     done = _read_marker(target)
     if done is not None and done.get("settings") != settings and source.resolve() == target.resolve():
@@ -86,6 +92,9 @@ def run_vision_stage(cfg, ds_config: dict, rank: int, say):
         result = _train(cfg, ds_config, rank, say)
         if rank == 0:
             write_folder_with_vision(source, target, result.pop("state"))
+            conv = result.pop("conv_state", None)
+            if conv is not None:
+                add_side_tensors(target, {f"conv_tokens.{k}": v for k, v in conv.items()})
             (target / MARKER).write_text(json.dumps({"settings": settings, **result}, indent=2))
         barrier()
     else:
@@ -107,12 +116,18 @@ def _train(cfg, ds_config: dict, rank: int, say) -> dict:
     say(f"[vision] {len(images)} stills, {vision.text_rank} caption axes (singular values {spectrum}); "
         f"{vision.steps} steps of {vision.micro_batch} stills per rank")
     vit = load_vision_model(cfg.model.path).to(device).train()
-    # The head starts the same on every rank; forked, so that the ranks' own streams (train.py seeds each
-    # with seed + rank: dropout masks, SCST samples) are not reset to one shared state.
+    native = vit.config.image_size
+    learners = {"vit": (vit, lambda pixels: vit(pixel_values=pixels, interpolate_pos_encoding=cfg.data.image_size
+                                                 != native).last_hidden_state)}
+    # The heads (and conv tokens) start the same on every rank; forked, so that the ranks' own streams
+    # (train.py seeds each with seed + rank: dropout masks, SCST samples) are not reset to one shared state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        head = torch.nn.Linear(vit.config.hidden_size, vision.text_rank).to(device)
-    params = list(vit.parameters()) + list(head.parameters())
+        if cfg.model.conv_tokens:
+            conv = ConvTokens(vit.config.hidden_size).to(device).train()
+            learners["conv tokens"] = (conv, conv.frame_tokens)
+        heads = {name: torch.nn.Linear(vit.config.hidden_size, vision.text_rank).to(device) for name in learners}
+    params = [p for name, (net, _) in learners.items() for p in [*net.parameters(), *heads[name].parameters()]]
     optimizer = torch.optim.AdamW(params, lr=vision.lr, weight_decay=vision.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, vision.lr, total_steps=vision.steps,
                                                    pct_start=vision.warmup_fraction)
@@ -125,27 +140,35 @@ def _train(cfg, ds_config: dict, rank: int, say) -> dict:
         num_workers=cfg.data.num_workers if vision.num_workers is None else vision.num_workers)
     # bf16 runs train the stage under bf16 autocast too (fp16 stays fp32: no loss scaler here)
     amp = compute_dtype(ds_config) == torch.bfloat16
-    native = vit.config.image_size
-    targets, rates, start, first_loss = targets.to(device), {}, time.perf_counter(), None
+    targets, rates, start, first = targets.to(device), {name: {} for name in learners}, time.perf_counter(), {}
     for step, (pixels, rows) in enumerate(loader, 1):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            tokens = vit(pixel_values=pixels.to(device), interpolate_pos_encoding=cfg.data.image_size != native)
-        predicted = head(tokens.last_hidden_state.float().mean(1))
-        per_axis = ((predicted - targets[rows.to(device)]) ** 2).mean(0)
-        shared = per_axis.detach().clone()
-        average_over_ranks([shared])  # every rank weighs the axes alike
-        loss = balanced_loss(per_axis + (shared - per_axis.detach()), rates, vision.balance)
+        pixels, wanted, loss, shared = pixels.to(device), targets[rows.to(device)], 0.0, {}
+        for name, (_, tokens_of) in learners.items():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                tokens = tokens_of(pixels)
+            per_axis = ((heads[name](tokens.float().mean(1)) - wanted) ** 2).mean(0)
+            shared[name] = per_axis.detach().clone()
+            average_over_ranks([shared[name]])  # every rank weighs the axes alike
+            loss = loss + balanced_loss(per_axis + (shared[name] - per_axis.detach()), rates[name], vision.balance)
         optimizer.zero_grad(set_to_none=False)
         loss.backward()
         average_over_ranks([p.grad for p in params])
         optimizer.step()
         schedule.step()
-        first_loss = first_loss if first_loss is not None else shared.mean().item()
+        first = first or {name: axes.mean().item() for name, axes in shared.items()}
         if step % vision.log_every == 0 or step == vision.steps:
-            say(f"[vision] step {step}/{vision.steps}: regression loss {shared.mean().item():.4f} "
+            others = "".join(f", {name} {axes.mean().item():.4f}" for name, axes in shared.items() if name != "vit")
+            say(f"[vision] step {step}/{vision.steps}: regression loss {shared['vit'].mean().item():.4f}{others} "
                 f"({(time.perf_counter() - start) / step * 1000:.0f} ms/step)")
-    if not torch.isfinite(shared).all():
-        raise UserError(f"vision stage: the loss is {shared.tolist()} at the last step; lower vision.lr")
-    return {"state": vit.state_dict(), "first_loss": round(first_loss, 4), "final_loss": round(shared.mean().item(), 4),
-            "final_axis_losses": [round(x, 4) for x in shared.tolist()], "stills": len(images),
-            "seconds": round(time.perf_counter() - start, 1)}
+    if not all(torch.isfinite(axes).all() for axes in shared.values()):
+        raise UserError(f"vision stage: the loss is {[a.tolist() for a in shared.values()]} at the last step; "
+                        f"lower vision.lr")
+    result = {"state": vit.state_dict(), "first_loss": round(first["vit"], 4),
+              "final_loss": round(shared["vit"].mean().item(), 4),
+              "final_axis_losses": [round(x, 4) for x in shared["vit"].tolist()], "stills": len(images),
+              "seconds": round(time.perf_counter() - start, 1)}
+    if "conv tokens" in learners:
+        result.update(conv_state=learners["conv tokens"][0].state_dict(),
+                      conv_first_loss=round(first["conv tokens"], 4),
+                      conv_final_loss=round(shared["conv tokens"].mean().item(), 4))
+    return result

@@ -1,7 +1,9 @@
 """benchmarks/attribute_breakdown.py (the by-clip figures of README "Results" and benchmarks/README.md) stays
 runnable: the named / right counts of two-object clips, the object sizes it reads by drawing the clips
-again, and a run of the script on a run folder whose captions are the clips' own references. And
-benchmarks/probe_two_shapes.py (does a ViT tell both shapes of a two-object frame) runs."""
+again, and a run of the script on a run folder whose captions are the clips' own references. And the two
+probes of the vision side run: benchmarks/probe_two_shapes.py (does a ViT tell both shapes of a two-object
+frame) and benchmarks/probe_stills_bound.py (which net learns both from labelled stills), whose labels
+are the shapes each still was drawn with."""
 import json
 import re
 import subprocess
@@ -12,6 +14,7 @@ from e2e import ROOT, child_env
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from attribute_breakdown import named_counts, smallest_half_sizes  # noqa: E402
+from probe_stills_bound import labelled_stills  # noqa: E402
 
 from ds_videocap import synth  # noqa: E402
 
@@ -63,3 +66,26 @@ def test_the_two_shapes_probe_runs(tiny_folders):
                        r"from the best token per shape (\S+)$", proc.stdout, re.M)
     assert len(lines) == 4, proc.stdout
     assert all(0.0 <= float(v.rstrip(",")) <= 1.0 for line in lines for v in line[2:]), lines
+
+
+def test_the_stills_bound_labels_are_the_shapes_each_still_was_drawn_with(synth40):
+    """Still k is a frame of clip STILL_START + k: its label (read from its first caption) is that clip's shapes."""
+    pixels, labels = labelled_stills(synth40, limit=60)
+    assert pixels.shape == (60, 3, 32, 32)
+    for k in range(60):
+        drawn = {o["shape"] for o in synth.render_clip(synth.STILL_START + k, 42)[1]}
+        assert {s for s, on in zip(synth.SHAPES, labels[k].tolist()) if on} == drawn, k
+    assert labels.sum(1).max() == 2  # two-object stills are there
+
+
+def test_the_stills_bound_runs_for_both_nets(synth40):
+    script = ROOT / "benchmarks" / "probe_stills_bound.py"
+    for net in ("vit", "cnn"):
+        proc = subprocess.run([sys.executable, str(script), str(synth40), "--net", net, "--steps", "8",
+                               "--stills", "100", "--frames", "30"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=300, env=child_env())
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        found = re.search(rf"^{net} \(patch 8, hidden 96, layers 2, stem 0\), 100 stills, 8 steps: final loss (\S+); "
+                          r"fresh frames, one object: shape (\S+); two objects: both shapes (\S+)$", proc.stdout, re.M)
+        assert found, proc.stdout
+        assert float(found[1]) > 0 and all(0.0 <= float(v) <= 1.0 for v in found.groups()[1:]), found.groups()

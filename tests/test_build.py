@@ -166,9 +166,10 @@ def test_export_round_trip_keeps_fusion_frame_embedding_motion_tokens_and_adapte
     from ds_videocap.export import save_hf_folder
 
     model = load(tiny_folders["llama"], llm="lora", fusion="per_frame", frame_embedding=True, motion_tokens=True,
-                 motion_patch=4).eval()  # the export's own patch size wins over the loader's default
-    with torch.no_grad():  # trained-looking motion tokens: the export must carry these, not a fresh draw
+                 motion_patch=4, conv_tokens=True).eval()  # the export's own patch size wins over the loader's default
+    with torch.no_grad():  # trained-looking motion and conv tokens: the export must carry these, not a fresh draw
         model.motion_tokens.position.add_(torch.randn_like(model.motion_tokens.position))
+        model.conv_tokens.body[0].weight.add_(torch.randn_like(model.conv_tokens.body[0].weight))
     _perturb_lora(model)
     pixels = frames(batch=2, t=3)
     ours = model.decode(model.generate(pixels, max_new_tokens=6, num_beams=2))
@@ -178,6 +179,7 @@ def test_export_round_trip_keeps_fusion_frame_embedding_motion_tokens_and_adapte
         again = load(tmp_path / "adapter", llm=llm).eval()
         assert again.fusion == "per_frame" and again.frame_embedding is not None
         assert torch.equal(again.motion_tokens.position, model.motion_tokens.position)
+        assert torch.equal(again.conv_tokens.body[0].weight, model.conv_tokens.body[0].weight)
         assert again.decode(again.generate(pixels, max_new_tokens=6, num_beams=2)) == ours
 
 

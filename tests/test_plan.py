@@ -39,6 +39,7 @@ def _spec(folder, **fields):
                                            ("opt", {"llm": "full", "frame_embedding": True}),
                                            ("t5", {"motion_tokens": True}),
                                            ("opt", {"motion_tokens": True, "motion_patch": 4}),
+                                           ("opt", {"motion_tokens": True, "conv_tokens": True}),
                                            ("llama", {"llm": "lora"})])
 def test_meta_counts_match_the_built_model(folders, family, fields):
     from ds_videocap.build import build_model
