@@ -102,8 +102,9 @@ def main() -> int:
     loss = train(net, pixels, labels, args.steps)
     net.eval()
     one, two = (shapes_right(net, n, args.frames, args.seed) for n in (1, 2))
-    print(f"{args.net} (patch {args.patch_size}, hidden {args.hidden}, layers {args.layers}, stem {args.stem}), "
-          f"{len(pixels)} stills, {args.steps} steps: final loss {loss:.4f}; fresh frames, one object: shape "
+    name = "cnn" if args.net == "cnn" else (f"vit (patch {args.patch_size}, hidden {args.hidden}, "
+                                            f"layers {args.layers}, stem {args.stem})")
+    print(f"{name}, {len(pixels)} stills, {args.steps} steps: final loss {loss:.4f}; fresh frames, one object: shape "
           f"{one:.3f}; two objects: both shapes {two:.3f}")
     return 0
 

@@ -85,7 +85,8 @@ def test_the_stills_bound_runs_for_both_nets(synth40):
                                "--stills", "100", "--frames", "30"], cwd=ROOT, capture_output=True, text=True,
                               timeout=300, env=child_env())
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-        found = re.search(rf"^{net} \(patch 8, hidden 96, layers 2, stem 0\), 100 stills, 8 steps: final loss (\S+); "
+        name = "cnn" if net == "cnn" else r"vit \(patch 8, hidden 96, layers 2, stem 0\)"
+        found = re.search(rf"^{name}, 100 stills, 8 steps: final loss (\S+); "
                           r"fresh frames, one object: shape (\S+); two objects: both shapes (\S+)$", proc.stdout, re.M)
         assert found, proc.stdout
         assert float(found[1]) > 0 and all(0.0 <= float(v) <= 1.0 for v in found.groups()[1:]), found.groups()

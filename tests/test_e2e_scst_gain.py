@@ -1,6 +1,7 @@
 """The default recipe, shortened (a smaller synthetic set, fewer steps of the vision stage and of CE, the
 same engine continuing from CE to SCST), with a fixed seed: after CE the captions name colour, shape and
-motion well above chance (shape only since the vision stage: 0.24-0.26 without it), and SCST raises its own
+motion well above chance (shape only since the vision stage: 0.24-0.26 without it, 0.50-0.58 with it, 0.87
+with the conv tokens beside the ViT), and SCST raises its own
 reward without buying it by dropping content (no attribute accuracy falls by more than a few clips) or
 lowering the test CIDEr beyond this run's noise.
 
@@ -18,7 +19,8 @@ from e2e import read_metrics, run_train
 pytestmark = pytest.mark.slow
 SEED = 42
 # Chance: colour 0.2, shape 1/3, motion 1/7 (a two-shape clip needs both named, so chance is lower still).
-COLOR_MIN, SHAPE_MIN, MOTION_MIN = 0.70, 0.45, 0.60  # motion 0.50 before motion tokens, 0.83 with them
+# Shape 0.50-0.58 before conv tokens, 0.87 with them; motion 0.50 before motion tokens, 0.76-0.83 with them.
+COLOR_MIN, SHAPE_MIN, MOTION_MIN = 0.70, 0.70, 0.60
 SCST_SLACK = 0.05  # one test clip is 1/84 = 0.012
 CIDER_NOISE = 0.05  # twice the run-to-run change of SCST's test CIDEr measured here (+0.024, -0.029)
 REWARD_GAIN_MIN = 0.03  # the reward's rise over 40 steps: measured +0.088 and +0.081 (samples), +0.134 (beams)
@@ -50,6 +52,8 @@ def test_scst_keeps_the_attributes_ce_learned(tmp_path_factory):
     #   2026-12-07: CE 0.881 / 0.500 / 0.833 / 0.488, 1.504; SCST 0.893 / 0.560 / 0.821 / 0.548, 1.668; 1.498 -> 1.601
     # with SCST's CE term on the reference the loader drew (not always the first):
     #   2026-12-07: CE 0.881 / 0.500 / 0.833 / 0.488, 1.504; SCST 0.869 / 0.512 / 0.821 / 0.500, 1.565; 1.488 -> 1.587
+    # with conv tokens (model.conv_tokens, trained in the vision stage too):
+    #   2026-12-08: CE 0.881 / 0.869 / 0.762 / 0.679, 1.597; SCST 0.917 / 0.857 / 0.786 / 0.714, 1.729; 1.560 -> 1.682
     assert ce["color_acc"] >= COLOR_MIN and ce["shape_acc"] >= SHAPE_MIN and ce["motion_acc"] >= MOTION_MIN, ce
     for key in ("color_acc", "shape_acc", "motion_acc", "all_acc"):
         assert scst[key] >= ce[key] - SCST_SLACK, (key, ce[key], scst[key])
