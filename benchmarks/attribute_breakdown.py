@@ -90,6 +90,5 @@ def main() -> None:
                 f"({len(clips_of)})" for px, clips_of in sorted(by_size.items())))
 
 
-
 if __name__ == "__main__":
     main()

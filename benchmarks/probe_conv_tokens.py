@@ -21,12 +21,11 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from probe_stills_bound import labelled_stills  # noqa: E402
+from probe_stills_bound import read_stills  # noqa: E402
 from probe_two_shapes import ROOT, draw_frames, probe  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 from ds_videocap.conv_tokens import WIDTH, ConvTokens  # noqa: E402
-from ds_videocap.stills import read_image_captions  # noqa: E402
 from ds_videocap.vision_stage import balanced_loss, caption_vectors  # noqa: E402
 
 
@@ -65,10 +64,9 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    pixels, _ = labelled_stills(args.set, args.stills)  # the labels are not used: captions are the target
-    images = read_image_captions(args.set / "annotations" / "stills_train.json", args.set / "stills")[:args.stills]
+    pixels, captions = read_stills(args.set, args.stills)  # no labels: the captions are the target
     net = ConvTokens(96, width=args.width)  # the tiny ViT's width
-    loss = train_on_stills(net, pixels, [captions for _, captions in images], args.steps)
+    loss = train_on_stills(net, pixels, captions, args.steps)
     net.eval()
     for name, objects in (("one object", 1), ("two objects", 2)):
         frames, shapes = draw_frames(args.frames, objects, 42)

@@ -44,12 +44,17 @@ def small_cnn(width: int = 32) -> nn.Module:
                          nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(2 * width, len(SHAPES)))
 
 
-def labelled_stills(set_dir: Path, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 3, 32, 32) stills normalised as the stage reads them, and their shapes as a multi-hot (N, 3)."""
+def read_stills(set_dir: Path, limit: int | None) -> tuple[torch.Tensor, list[list[str]]]:
+    """(N, 3, 32, 32) stills normalised as the stage reads them, and each still's captions."""
     images = read_image_captions(set_dir / "annotations" / "stills_train.json", set_dir / "stills")[:limit]
     stills = StillDataset([image for image, _ in images], 32, CLIP_MEAN, CLIP_STD)
-    pixels = torch.stack([stills[i][0] for i in range(len(stills))])
-    named = [read_attributes(captions[0])["shapes"] for _, captions in images]
+    return torch.stack([stills[i][0] for i in range(len(stills))]), [captions for _, captions in images]
+
+
+def labelled_stills(set_dir: Path, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """read_stills' pixels, and each still's shapes (its first caption's) as a multi-hot (N, 3)."""
+    pixels, captions = read_stills(set_dir, limit)
+    named = [read_attributes(still[0])["shapes"] for still in captions]
     return pixels, torch.tensor([[float(s in shapes) for s in SHAPES] for shapes in named])
 
 

@@ -142,14 +142,15 @@ def _train(cfg, ds_config: dict, rank: int, say) -> dict:
     amp = compute_dtype(ds_config) == torch.bfloat16
     targets, rates, start, first = targets.to(device), {name: {} for name in learners}, time.perf_counter(), {}
     for step, (pixels, rows) in enumerate(loader, 1):
-        pixels, wanted, loss, shared = pixels.to(device), targets[rows.to(device)], 0.0, {}
+        pixels, wanted, per_axis = pixels.to(device), targets[rows.to(device)], {}
         for name, (_, tokens_of) in learners.items():
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 tokens = tokens_of(pixels)
-            per_axis = ((heads[name](tokens.float().mean(1)) - wanted) ** 2).mean(0)
-            shared[name] = per_axis.detach().clone()
-            average_over_ranks([shared[name]])  # every rank weighs the axes alike
-            loss = loss + balanced_loss(per_axis + (shared[name] - per_axis.detach()), rates[name], vision.balance)
+            per_axis[name] = ((heads[name](tokens.float().mean(1)) - wanted) ** 2).mean(0)
+        shared = {name: axes.detach().clone() for name, axes in per_axis.items()}
+        average_over_ranks(list(shared.values()))  # every rank weighs the axes alike (one all-reduce for all)
+        loss = sum(balanced_loss(axes + (shared[name] - axes.detach()), rates[name], vision.balance)
+                   for name, axes in per_axis.items())
         optimizer.zero_grad(set_to_none=False)
         loss.backward()
         average_over_ranks([p.grad for p in params])

@@ -37,7 +37,7 @@ def test_captioner_with_conv_tokens_trains_them(tiny_folders, fusion, dtype):
     assert all(p.requires_grad for p in model.conv_tokens.parameters())
 
 
-def test_side_tensors_are_added_without_writing_through_a_hard_link(tiny_folders, tmp_path):
+def test_side_tensors_are_added_without_writing_through_a_hard_link(tmp_path):
     from safetensors.torch import load_file, save_file
 
     from ds_videocap.export import EXTRA_WEIGHTS, add_side_tensors
